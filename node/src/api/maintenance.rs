@@ -1,0 +1,167 @@
+//! etcd's Maintenance service: Status, Alarm and HashKV. Operations Cairn does not offer
+//! answer Unimplemented with a message saying so, never a false success.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::SharedNode;
+use crate::proto::cairnpb::{raft_request, raft_response};
+use crate::proto::etcdserverpb::{
+    alarm_request::AlarmAction, maintenance_server::Maintenance, AlarmMember, AlarmRequest,
+    AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse, DowngradeRequest,
+    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+};
+
+/// The etcd API level Cairn implements, reported in `Status.version`: clients such as
+/// kube-apiserver gate features on it. Cairn's own version is `CARGO_PKG_VERSION`.
+pub const ETCD_API_VERSION: &str = "3.5.13";
+
+pub struct MaintenanceService {
+    node: SharedNode,
+}
+
+impl MaintenanceService {
+    pub fn new(node: SharedNode) -> Self {
+        MaintenanceService { node }
+    }
+}
+
+/// etcd prints alarms in Status.errors in protobuf text form.
+fn describe_alarm(alarm: &AlarmMember) -> String {
+    let name = AlarmType::try_from(alarm.alarm)
+        .map(|kind| kind.as_str_name())
+        .unwrap_or("UNKNOWN");
+    format!("memberID:{} alarm:{} ", alarm.member_id, name)
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
+        let request = request.into_inner();
+        if request.action == AlarmAction::Get as i32 {
+            self.node.read_barrier().await?;
+            let alarms = self
+                .node
+                .store
+                .alarms()
+                .into_iter()
+                .filter(|alarm| {
+                    request.alarm == AlarmType::None as i32 || alarm.alarm == request.alarm
+                })
+                .collect();
+            return Ok(Response::new(AlarmResponse {
+                header: Some(self.node.header(self.node.store.current_revision())),
+                alarms,
+            }));
+        }
+        match self
+            .node
+            .propose(raft_request::Request::Alarm(request))
+            .await?
+        {
+            raft_response::Response::Alarm(mut response) => {
+                response.header = Some(self.node.header(self.node.store.current_revision()));
+                Ok(Response::new(response))
+            }
+            _ => Err(Status::internal(
+                "etcdserver: the state machine answered a different request",
+            )),
+        }
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let node = &self.node;
+        let (leader, raft_term, raft_applied_index, is_learner) = {
+            let metrics = node.raft.metrics();
+            let metrics = metrics.borrow();
+            let is_learner = metrics
+                .membership_config
+                .membership()
+                .learner_ids()
+                .any(|id| id == node.member_id);
+            (
+                metrics.current_leader.unwrap_or(0),
+                metrics.current_term,
+                metrics.last_applied.map_or(0, |id| id.index),
+                is_learner,
+            )
+        };
+        Ok(Response::new(StatusResponse {
+            header: Some(node.header(node.store.current_revision())),
+            version: ETCD_API_VERSION.to_owned(),
+            db_size: node.store.db_size(),
+            leader,
+            raft_index: node.log.last_index(),
+            raft_term,
+            raft_applied_index,
+            errors: node.store.alarms().iter().map(describe_alarm).collect(),
+            db_size_in_use: node.store.db_size_in_use(),
+            is_learner,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _request: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        Err(Status::unimplemented(
+            "cairn: defragment is not supported; space freed by compaction is reused without it",
+        ))
+    }
+
+    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Err(Status::unimplemented(
+            "cairn: Hash is not supported; use HashKV",
+        ))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let request = request.into_inner();
+        let (hash, compact_revision, hash_revision) = self.node.store.hash_kv(request.revision)?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.node.header(self.node.store.current_revision())),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
+    }
+
+    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+    async fn snapshot(
+        &self,
+        _request: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(Status::unimplemented(
+            "cairn: snapshot save is not supported yet (Cairn's store is not a bbolt file)",
+        ))
+    }
+
+    async fn move_leader(
+        &self,
+        _request: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(Status::unimplemented(
+            "cairn: move-leader needs a multi-member cluster, which this build does not run",
+        ))
+    }
+
+    async fn downgrade(
+        &self,
+        _request: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        Err(Status::unimplemented("cairn: downgrade is not supported"))
+    }
+}

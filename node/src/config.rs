@@ -1,0 +1,382 @@
+//! The daemon's settings: etcd's flag names and meanings, each also an environment variable
+//! (`CAIRN_DATA_DIR`, ...) and a key of the `--config-file` (TOML, `data-dir = "..."`).
+//! Precedence: command line, then environment, then config file, then the embedded default.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use crate::api::Limits;
+use crate::raft::{Member, MemberId, RaftSettings};
+
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Human-readable name for this member.
+    #[arg(long, env = "CAIRN_NAME", default_value = "default")]
+    pub name: String,
+
+    /// Path to the data directory [default: <name>.cairn]
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// URLs to listen on for client traffic (comma separated).
+    #[arg(
+        long,
+        env = "CAIRN_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub listen_client_urls: String,
+
+    /// Client URLs advertised to the cluster and to clients [default: the listen URLs].
+    #[arg(long, env = "CAIRN_ADVERTISE_CLIENT_URLS")]
+    pub advertise_client_urls: Option<String>,
+
+    /// URLs to listen on for peer traffic (comma separated).
+    #[arg(
+        long,
+        env = "CAIRN_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
+    pub listen_peer_urls: String,
+
+    /// This member's peer URLs advertised to the rest of the cluster [default: the listen peer URLs].
+    #[arg(long, env = "CAIRN_INITIAL_ADVERTISE_PEER_URLS")]
+    pub initial_advertise_peer_urls: Option<String>,
+
+    /// Initial cluster configuration for bootstrapping, `name=peerURL,...`
+    /// [default: <name>=<initial-advertise-peer-urls>].
+    #[arg(long, env = "CAIRN_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+
+    /// `new` to bootstrap a cluster, `existing` to join one.
+    #[arg(long, env = "CAIRN_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+
+    /// Initial cluster token; members and cluster ids are derived from it.
+    #[arg(
+        long,
+        env = "CAIRN_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    pub initial_cluster_token: String,
+
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, env = "CAIRN_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    pub max_request_bytes: usize,
+
+    /// Raise the NOSPACE alarm when the store's data exceeds this many bytes (0 = 2 GiB).
+    #[arg(long, env = "CAIRN_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: i64,
+
+    /// Maximum number of operations in one txn request.
+    #[arg(long, env = "CAIRN_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, env = "CAIRN_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, env = "CAIRN_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+
+    /// Number of committed transactions to trigger a snapshot to disk.
+    #[arg(long, env = "CAIRN_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+
+    /// Log level: debug, info, warn, error.
+    #[arg(long, env = "CAIRN_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Path to a TOML file whose keys are these flags' names (`data-dir = "/var/lib/cairn"`).
+    #[arg(long, env = "CAIRN_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+}
+
+/// Loads `--config-file` into the environment so that clap applies it beneath the command
+/// line and the real environment. Call before any thread is started.
+pub fn export_config_file(path: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text)
+        .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+    for (key, value) in table {
+        let value = match value {
+            toml::Value::String(text) => text,
+            toml::Value::Integer(number) => number.to_string(),
+            toml::Value::Boolean(flag) => flag.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|item| {
+                    item.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| item.to_string())
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            other => bail!("config file key {key}: unsupported value {other}"),
+        };
+        let variable = format!("CAIRN_{}", key.to_uppercase().replace('-', "_"));
+        if std::env::var_os(&variable).is_none() {
+            std::env::set_var(variable, value);
+        }
+    }
+    Ok(())
+}
+
+/// Settings resolved and checked, ready to start a member.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub client_addrs: Vec<SocketAddr>,
+    pub advertise_client_urls: Vec<String>,
+    pub member_id: MemberId,
+    pub cluster_id: u64,
+    pub initial_members: BTreeMap<MemberId, Member>,
+    pub limits: Limits,
+    pub raft: RaftSettings,
+    pub log_level: String,
+}
+
+fn split_urls(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The socket address of an `http://host:port` URL.
+fn listen_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let parsed = url::Url::parse(url).with_context(|| format!("invalid URL {url:?}"))?;
+    match parsed.scheme() {
+        "http" => {}
+        "https" => bail!(
+            "{url}: TLS listeners are not supported yet; use an http:// URL on a trusted network"
+        ),
+        other => bail!("{url}: unsupported scheme {other:?} (expected http)"),
+    }
+    let host = parsed
+        .host_str()
+        .with_context(|| format!("{url}: no host"))?;
+    let port = parsed.port().with_context(|| format!("{url}: no port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("{url}: cannot resolve {host}"))?
+        .next()
+        .with_context(|| format!("{url}: {host} has no address"))
+}
+
+/// FNV-1a: a stable hash so every member derives the same ids from the same flags.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.iter().chain(b"\0") {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash.max(1)
+}
+
+/// A member's id, derived as etcd does from its peer URLs and the cluster token.
+pub fn member_id(peer_urls: &[String], token: &str) -> MemberId {
+    let mut sorted = peer_urls.to_vec();
+    sorted.sort();
+    let mut parts: Vec<&[u8]> = sorted.iter().map(|url| url.as_bytes()).collect();
+    parts.push(token.as_bytes());
+    fnv1a(&parts)
+}
+
+fn cluster_id(member_ids: &[MemberId], token: &str) -> u64 {
+    let encoded: Vec<[u8; 8]> = member_ids.iter().map(|id| id.to_be_bytes()).collect();
+    let mut parts: Vec<&[u8]> = encoded.iter().map(|bytes| bytes.as_slice()).collect();
+    parts.push(token.as_bytes());
+    fnv1a(&parts)
+}
+
+impl ServerArgs {
+    pub fn resolve(&self) -> anyhow::Result<ServerConfig> {
+        let listen_client_urls = split_urls(&self.listen_client_urls);
+        if listen_client_urls.is_empty() {
+            bail!("--listen-client-urls is empty");
+        }
+        let client_addrs = listen_client_urls
+            .iter()
+            .map(|url| listen_addr(url))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let advertise_client_urls = self
+            .advertise_client_urls
+            .as_deref()
+            .map(split_urls)
+            .unwrap_or_else(|| listen_client_urls.clone());
+        let peer_urls = split_urls(
+            self.initial_advertise_peer_urls
+                .as_deref()
+                .unwrap_or(&self.listen_peer_urls),
+        );
+        for url in split_urls(&self.listen_peer_urls).iter().chain(&peer_urls) {
+            listen_addr(url).context("bad peer URL")?;
+        }
+        let initial_cluster = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={}", self.name, peer_urls.join(",")));
+
+        let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for pair in split_urls(&initial_cluster) {
+            let (name, url) = pair
+                .split_once('=')
+                .with_context(|| format!("--initial-cluster entry {pair:?} is not name=URL"))?;
+            by_name
+                .entry(name.to_owned())
+                .or_default()
+                .push(url.to_owned());
+        }
+        let Some(own_urls) = by_name.get(&self.name) else {
+            bail!(
+                "--initial-cluster {initial_cluster:?} has no entry for this member's --name {:?}",
+                self.name
+            );
+        };
+        let mut own_sorted = own_urls.clone();
+        own_sorted.sort();
+        let mut advertised = peer_urls.clone();
+        advertised.sort();
+        if own_sorted != advertised {
+            bail!(
+                "--initial-cluster has {:?} for {:?} but its --initial-advertise-peer-urls are {:?}",
+                own_urls,
+                self.name,
+                peer_urls
+            );
+        }
+        if by_name.len() > 1 {
+            bail!("--initial-cluster names {} members: this build of Cairn runs single-member clusters only", by_name.len());
+        }
+        if self.initial_cluster_state != "new" {
+            bail!(
+                "--initial-cluster-state {:?}: only \"new\" is supported by a single-member build",
+                self.initial_cluster_state
+            );
+        }
+
+        let token = &self.initial_cluster_token;
+        let mut initial_members = BTreeMap::new();
+        for (name, urls) in &by_name {
+            let member = Member {
+                name: name.clone(),
+                peer_urls: urls.clone(),
+                client_urls: if *name == self.name {
+                    advertise_client_urls.clone()
+                } else {
+                    Vec::new()
+                },
+            };
+            initial_members.insert(member_id(urls, token), member);
+        }
+        let ids: Vec<MemberId> = initial_members.keys().copied().collect();
+        if self.election_timeout < 5 * self.heartbeat_interval {
+            bail!("--election-timeout must be at least 5 times --heartbeat-interval");
+        }
+        Ok(ServerConfig {
+            name: self.name.clone(),
+            data_dir: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{}.cairn", self.name))),
+            client_addrs,
+            advertise_client_urls,
+            member_id: member_id(&peer_urls, token),
+            cluster_id: cluster_id(&ids, token),
+            initial_members,
+            limits: Limits {
+                max_request_bytes: self.max_request_bytes,
+                quota_backend_bytes: if self.quota_backend_bytes <= 0 {
+                    Limits::default().quota_backend_bytes
+                } else {
+                    self.quota_backend_bytes
+                },
+                max_txn_ops: self.max_txn_ops,
+            },
+            raft: RaftSettings {
+                heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
+                election_timeout: Duration::from_millis(self.election_timeout),
+                snapshot_count: self.snapshot_count.max(1),
+                ..RaftSettings::default()
+            },
+            log_level: self.log_level.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Harness {
+        #[command(flatten)]
+        args: ServerArgs,
+    }
+
+    fn resolve(argv: &[&str]) -> anyhow::Result<ServerConfig> {
+        let mut full = vec!["cairn"];
+        full.extend_from_slice(argv);
+        Harness::try_parse_from(full)?.args.resolve()
+    }
+
+    #[test]
+    fn defaults_are_a_loopback_single_member() {
+        let config = resolve(&[]).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("default.cairn"));
+        assert_eq!(config.client_addrs, vec!["127.0.0.1:2379".parse().unwrap()]);
+        assert_eq!(config.initial_members.len(), 1);
+        let member = &config.initial_members[&config.member_id];
+        assert_eq!(member.name, "default");
+        assert_eq!(member.peer_urls, vec!["http://127.0.0.1:2380".to_owned()]);
+        assert_eq!(config.limits.max_request_bytes, 1_572_864);
+    }
+
+    #[test]
+    fn ids_follow_the_peer_urls_and_the_token() {
+        let a = resolve(&["--initial-cluster-token", "one"]).unwrap();
+        let b = resolve(&["--initial-cluster-token", "two"]).unwrap();
+        assert_ne!(a.member_id, b.member_id);
+        assert_ne!(a.cluster_id, b.cluster_id);
+        assert_eq!(
+            a.member_id,
+            resolve(&["--initial-cluster-token", "one"])
+                .unwrap()
+                .member_id
+        );
+    }
+
+    #[test]
+    fn a_cluster_without_this_member_is_refused() {
+        let error = resolve(&[
+            "--name",
+            "n1",
+            "--initial-cluster",
+            "n2=http://127.0.0.1:2380",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("no entry for this member"), "{error}");
+    }
+
+    #[test]
+    fn https_urls_are_refused_until_tls_exists() {
+        let error = resolve(&["--listen-client-urls", "https://127.0.0.1:2379"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("TLS"), "{error}");
+    }
+}

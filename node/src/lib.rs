@@ -1,0 +1,24 @@
+//! # Cairn
+//!
+//! An etcd-compatible, Raft-replicated key-value store for edge clusters. This crate is the
+//! `cairn` daemon and CLI, and a library so that tests and tools can run a member in-process.
+//!
+//! # Layout
+//!
+//! - [`proto`]: the etcd v3 wire API (`etcdserverpb`, `mvccpb`, `authpb`) and Cairn's own
+//!   internal messages, generated from `node/proto/`.
+//! - [`api`]: one file per etcd gRPC service; thin adapters from protobuf to Raft and the store.
+//! - [`raft`]: openraft wiring: the type config, the redb log with group commit, the state
+//!   machine that applies committed entries to the store, the peer network.
+//! - [`store`]: the MVCC store on redb (revisions, history, compaction, alarms).
+//! - [`config`]: etcd-named flags, environment variables and the config file.
+//! - [`server`]: starts a member and serves the client listeners until shut down.
+//! - [`bench`]: `cairn bench`, an etcd `benchmark`-style load generator for any etcd endpoint.
+
+pub mod api;
+pub mod bench;
+pub mod config;
+pub mod proto;
+pub mod raft;
+pub mod server;
+pub mod store;

@@ -1,0 +1,76 @@
+//! The `cairn` binary: parses the command line, sets up logging and hands over to the library.
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use cairn::config::{export_config_file, ServerArgs};
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "An etcd-compatible key-value store for edge clusters"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load-test etcd v3 endpoints (Cairn or etcd) in the style of etcd's `benchmark`.
+    Bench(cairn::bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut cli = Cli::parse();
+    if let Some(path) = cli.server.config_file.clone() {
+        // Parsed again so the file's values sit beneath the command line and environment.
+        export_config_file(&path)?;
+        cli = Cli::parse();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Some(Command::Bench(args)) => runtime.block_on(cairn::bench::run(args)),
+        None => {
+            let config = cli.server.resolve()?;
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                    EnvFilter::new(format!("{},openraft=warn", config.log_level))
+                }))
+                .init();
+            tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting cairn");
+            runtime.block_on(async {
+                let listeners = cairn::server::bind(&config).await?;
+                cairn::server::run(config, listeners, shutdown_signal()).await
+            })
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,89 @@
+//! Raft: openraft wired to the redb log, the MVCC state machine and the peer network.
+//!
+//! Built in the order openraft expects: log store, state machine, network, then `Raft::new`.
+
+mod log_store;
+mod network;
+mod state_machine;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use log_store::LogStore;
+pub use types::{Applied, Member, MemberId, Proposal, Raft, TypeConfig};
+
+use crate::store::Store;
+
+/// Raft timing and log retention, with etcd's meanings.
+#[derive(Debug, Clone)]
+pub struct RaftSettings {
+    pub heartbeat_interval: Duration,
+    pub election_timeout: Duration,
+    /// Committed entries between two snapshots (etcd's `--snapshot-count`).
+    pub snapshot_count: u64,
+    /// Entries kept behind a snapshot so slow followers can catch up from the log.
+    pub catch_up_entries: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+            snapshot_count: 100_000,
+            catch_up_entries: 5_000,
+        }
+    }
+}
+
+/// A running Raft member and the storage behind it.
+pub struct RaftNode {
+    pub raft: Raft,
+    pub log: LogStore,
+    pub store: Store,
+}
+
+/// Opens the storage in `data_dir` and starts Raft. A member that has never been part of a
+/// cluster bootstraps one from `initial_members`.
+pub async fn start(
+    data_dir: &Path,
+    member_id: MemberId,
+    initial_members: BTreeMap<MemberId, Member>,
+    settings: &RaftSettings,
+) -> anyhow::Result<RaftNode> {
+    std::fs::create_dir_all(data_dir)?;
+    let log = LogStore::open(&data_dir.join("raft.redb"))?;
+    let store = Store::open(&data_dir.join("state.redb"))?;
+    let state_machine = state_machine::StateMachine::new(store.clone())?;
+
+    let heartbeat = settings.heartbeat_interval.as_millis() as u64;
+    let election = settings.election_timeout.as_millis() as u64;
+    let config = openraft::Config {
+        cluster_name: "cairn".into(),
+        heartbeat_interval: heartbeat,
+        election_timeout_min: election,
+        election_timeout_max: election * 2,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_count),
+        max_in_snapshot_log_to_keep: settings.catch_up_entries,
+        ..Default::default()
+    }
+    .validate()?;
+
+    let raft = Raft::new(
+        member_id,
+        Arc::new(config),
+        network::PeerNetwork,
+        log.clone(),
+        state_machine,
+    )
+    .await?;
+
+    if !raft.is_initialized().await? {
+        tracing::info!(member_id = %format!("{member_id:x}"), members = initial_members.len(), "bootstrapping a new cluster");
+        raft.initialize(initial_members).await?;
+    }
+    Ok(RaftNode { raft, log, store })
+}

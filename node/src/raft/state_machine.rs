@@ -1,0 +1,211 @@
+//! The replicated state machine: committed entries applied to the MVCC store.
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+
+use super::types::{
+    Applied, Entry, LogId, Member, MemberId, StorageError, StoredMembership, TypeConfig,
+};
+use crate::store::Store;
+
+/// What Raft needs to find again after a restart, committed in the same store transaction as
+/// the data it describes, so the two can never disagree.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct AppliedState {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+#[derive(Clone)]
+struct BuiltSnapshot {
+    meta: SnapshotMeta<MemberId, Member>,
+    data: Vec<u8>,
+}
+
+/// The state machine handed to openraft; `store` is shared with the read path.
+pub struct StateMachine {
+    store: Store,
+    applied: AppliedState,
+    // Shared with snapshot builders; a std mutex because it is never held across an await.
+    current_snapshot: Arc<Mutex<Option<BuiltSnapshot>>>,
+    snapshots_built: u64,
+}
+
+impl StateMachine {
+    pub fn new(store: Store) -> anyhow::Result<StateMachine> {
+        let applied = match store.raft_meta() {
+            Some(record) => postcard::from_bytes(&record)?,
+            None => AppliedState::default(),
+        };
+        Ok(StateMachine {
+            store,
+            applied,
+            current_snapshot: Arc::new(Mutex::new(None)),
+            snapshots_built: 0,
+        })
+    }
+}
+
+fn store_error(error: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_state_machine(&error).into()
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.applied.last_applied, self.applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        // Which entries carry a client request, and where its answer goes.
+        let mut commands = Vec::new();
+        let mut slots = Vec::new();
+        let mut replies = Vec::new();
+        for entry in entries {
+            self.applied.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => replies.push(Applied::Nothing),
+                EntryPayload::Membership(membership) => {
+                    self.applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    replies.push(Applied::Nothing);
+                }
+                EntryPayload::Normal(proposal) => match proposal.0.request {
+                    Some(request) => {
+                        slots.push(replies.len());
+                        commands.push(request);
+                        replies.push(Applied::Nothing);
+                    }
+                    None => replies.push(Applied::Rejected {
+                        code: tonic::Code::InvalidArgument as i32,
+                        message: "etcdserver: empty raft request".into(),
+                    }),
+                },
+            }
+        }
+        let record = postcard::to_allocvec(&self.applied).map_err(store_error)?;
+        let store = self.store.clone();
+        let results = tokio::task::block_in_place(|| store.apply_batch(&commands, &record))
+            .map_err(store_error)?;
+        for (slot, result) in slots.into_iter().zip(results) {
+            replies[slot] = match result {
+                Ok(response) => Applied::Response(crate::proto::cairnpb::RaftResponse {
+                    response: Some(response),
+                }),
+                Err(error) => {
+                    let status = tonic::Status::from(error);
+                    Applied::Rejected {
+                        code: status.code() as i32,
+                        message: status.message().to_owned(),
+                    }
+                }
+            };
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        self.snapshots_built += 1;
+        // The dump is taken here, between two applies, so it matches `applied` exactly. The
+        // log is purged up to the snapshot, so the state it covers is made durable first.
+        let store = self.store.clone();
+        let dump = tokio::task::block_in_place(|| {
+            store.sync()?;
+            store.snapshot()
+        })
+        .map_err(|error| error.to_string());
+        SnapshotBuilder {
+            dump,
+            applied: self.applied.clone(),
+            sequence: self.snapshots_built,
+            current_snapshot: self.current_snapshot.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<MemberId, Member>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let store = self.store.clone();
+        tokio::task::block_in_place(|| store.install_snapshot(&data)).map_err(store_error)?;
+        self.applied = match self.store.raft_meta() {
+            Some(record) => postcard::from_bytes(&record).map_err(store_error)?,
+            None => AppliedState::default(),
+        };
+        *self
+            .current_snapshot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(BuiltSnapshot {
+            meta: meta.clone(),
+            data,
+        });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let current = self
+            .current_snapshot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        Ok(current.map(|built| Snapshot {
+            meta: built.meta,
+            snapshot: Box::new(Cursor::new(built.data)),
+        }))
+    }
+}
+
+/// Builds a snapshot from a consistent dump of the store.
+pub struct SnapshotBuilder {
+    dump: Result<Vec<u8>, String>,
+    applied: AppliedState,
+    sequence: u64,
+    current_snapshot: Arc<Mutex<Option<BuiltSnapshot>>>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let data = self
+            .dump
+            .clone()
+            .map_err(|error| StorageIOError::read_state_machine(&std::io::Error::other(error)))?;
+        let applied = self.applied.clone();
+        let snapshot_id = match applied.last_applied {
+            Some(log_id) => format!(
+                "{}-{}-{}",
+                log_id.leader_id.term, log_id.index, self.sequence
+            ),
+            None => format!("0-0-{}", self.sequence),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership,
+            snapshot_id,
+        };
+        *self
+            .current_snapshot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(BuiltSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        });
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}

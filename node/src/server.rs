@@ -1,0 +1,142 @@
+//! Runs a member: storage and Raft, the etcd services on every client listener, and a clean
+//! shutdown when the given future completes.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{cluster::ClusterService, kv::KvService, maintenance::MaintenanceService, Node};
+use crate::config::ServerConfig;
+use crate::proto::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+};
+
+/// etcd lets a gRPC message exceed `--max-request-bytes` by this much so the request itself,
+/// not the transport, answers "request is too large".
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// How often the state machine is made durable. Nothing depends on it for safety (the Raft
+/// log is), it bounds how much log is replayed after a crash.
+const STATE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Binds the client listeners named in `config`.
+pub async fn bind(config: &ServerConfig) -> anyhow::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    for addr in &config.client_addrs {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for clients on {addr}: {e}"))?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Serves until `shutdown` completes, then stops Raft and makes the store durable.
+pub async fn run(
+    config: ServerConfig,
+    listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let raft_node = crate::raft::start(
+        &config.data_dir,
+        config.member_id,
+        config.initial_members.clone(),
+        &config.raft,
+    )
+    .await?;
+    let node = Arc::new(Node {
+        member_id: config.member_id,
+        cluster_id: config.cluster_id,
+        raft: raft_node.raft.clone(),
+        store: raft_node.store.clone(),
+        log: raft_node.log.clone(),
+        limits: config.limits.clone(),
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let syncer = {
+        let store = node.store.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(STATE_SYNC_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = stop.changed() => break,
+                }
+                let store = store.clone();
+                if let Ok(Err(error)) = tokio::task::spawn_blocking(move || store.sync()).await {
+                    tracing::error!(%error, "making the state machine durable failed");
+                }
+            }
+        })
+    };
+
+    let max_decoding = config.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let mut servers = Vec::new();
+    for listener in listeners {
+        let addr = listener.local_addr()?;
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                KvServer::new(KvService::new(node.clone())).max_decoding_message_size(max_decoding),
+            )
+            .add_service(
+                MaintenanceServer::new(MaintenanceService::new(node.clone()))
+                    .max_decoding_message_size(max_decoding),
+            )
+            .add_service(
+                ClusterServer::new(ClusterService::new(node.clone()))
+                    .max_decoding_message_size(max_decoding),
+            );
+        let mut stop = stop_rx.clone();
+        servers.push(tokio::spawn(async move {
+            let incoming = TcpListenerStream::new(listener);
+            router
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                })
+                .await
+        }));
+        tracing::info!(%addr, "serving client requests");
+    }
+    tracing::info!(
+        name = %config.name,
+        member_id = %format!("{:x}", config.member_id),
+        cluster_id = %format!("{:x}", config.cluster_id),
+        data_dir = %config.data_dir.display(),
+        "ready to serve client requests"
+    );
+
+    let mut first_error = None;
+    for server in servers {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(%error, "client listener failed");
+                first_error.get_or_insert_with(|| anyhow::Error::from(error));
+            }
+            Err(join) => {
+                first_error.get_or_insert_with(|| anyhow::Error::from(join));
+            }
+        }
+    }
+    // A listener that failed on its own must still bring the member down cleanly.
+    let _ = node.raft.shutdown().await;
+    let _ = syncer.await;
+    let store = node.store.clone();
+    tokio::task::spawn_blocking(move || store.sync()).await??;
+    tracing::info!("stopped");
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,365 @@
+//! The MVCC key-value store: etcd's data model (revisions, versions, tombstones, compaction,
+//! historical reads, Txn) on one redb file, applied to by the Raft state machine.
+//!
+//! # Layout
+//! - `codec`: the redb tables, how a version is stored, the meta entries, the snapshot format.
+//! - `index`: the in-memory key index (every stored revision of every key), rebuilt at open.
+//! - `state`: what readers consult (index and counters), and how a batch is published.
+//! - `apply`: Raft commands (Put, DeleteRange, Txn, Compaction, Alarm) in one write transaction.
+//! - `range`: range and Txn compare semantics, shared by client reads and Txn reads.
+//! - `error`: [`KvError`] (what clients see, etcd's messages) and [`StoreError`].
+//!
+//! # Reads and writes side by side
+//! A batch never changes the published state while it runs; it writes versions into its redb
+//! write transaction and keeps its index changes to itself, then publishes them under a
+//! short write lock. A read walks the published index under the read lock, opens a redb read
+//! transaction before letting go of the lock, and reads the versions after. The read
+//! transaction always holds every version the index named: batches only add versions, and a
+//! batch that removes some (compaction) commits while it holds the write lock.
+
+mod apply;
+mod codec;
+mod error;
+mod index;
+mod range;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use redb::{Database, Durability, ReadableTable, WriteTransaction};
+
+pub use error::{KvError, StoreError};
+
+use apply::Batch;
+use codec::{
+    encode_alarms, encode_i64, parse_snapshot, SnapshotRecord, SnapshotWriter, META, META_ALARMS,
+    META_COMPACT_REVISION, META_RAFT, META_REVISION, REVISIONS,
+};
+use index::Revision;
+use range::{finish_range, plan_range, read_versions};
+use state::{BatchOutcome, State, StateBuilder};
+
+use crate::proto::cairnpb::{raft_request, raft_response};
+use crate::proto::etcdserverpb::{AlarmMember, RangeRequest, RangeResponse};
+
+/// The MVCC store of one member. Cheap to clone; all clones share one redb file.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    /// std locks rather than tokio's: no critical section awaits and each is short (an index
+    /// walk, or publishing a batch), so a blocking lock is cheaper than an async one. A
+    /// RwLock so that reads run in parallel with each other and with a batch being applied.
+    state: RwLock<State>,
+    /// Serialises batches and snapshot installs: each starts from the published state, so the
+    /// next may begin only once the previous one has published.
+    writer: Mutex<()>,
+    /// Refreshed at open, `sync` and `install_snapshot`: redb measures it by walking the
+    /// file's trees, which is too slow for every batch.
+    db_size_in_use: AtomicI64,
+}
+
+impl Inner {
+    // A panic while a lock was held may have left the index half-published; carrying on
+    // would serve wrong data, so the poison propagates.
+    fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().expect("store state lock poisoned")
+    }
+
+    fn state_mut(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().expect("store state lock poisoned")
+    }
+}
+
+impl Store {
+    /// Opens the store in the redb file at `path`, creating it if needed, and rebuilds the key
+    /// index from it. After a crash the file holds the last durable state (see [`Store::sync`]);
+    /// the Raft log re-applies what followed.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(REVISIONS)?;
+        txn.open_table(META)?;
+        let in_use = bytes_in_use(&txn)?;
+        txn.commit()?;
+
+        let read = db.begin_read()?;
+        let mut builder = StateBuilder::new();
+        let meta = read.open_table(META)?;
+        for entry in meta.iter()? {
+            let (name, value) = entry?;
+            builder.record(&SnapshotRecord::Meta(name.value(), value.value()))?;
+        }
+        let revisions = read.open_table(REVISIONS)?;
+        for entry in revisions.iter()? {
+            let (revision, value) = entry?;
+            builder.record(&SnapshotRecord::Version(revision.value(), value.value()))?;
+        }
+        let state = builder.finish()?;
+        drop((meta, revisions, read));
+
+        tracing::info!(
+            path = %path.display(),
+            revision = state.revision,
+            compact_revision = state.compact_revision,
+            keys = state.index.len(),
+            "opened MVCC store"
+        );
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                path: path.to_path_buf(),
+                state: RwLock::new(state),
+                writer: Mutex::new(()),
+                db_size_in_use: AtomicI64::new(in_use),
+            }),
+        })
+    }
+
+    /// The blob last written by [`Store::apply_batch`] or [`Store::install_snapshot`].
+    pub fn raft_meta(&self) -> Option<Vec<u8>> {
+        self.inner.state().raft_meta.clone()
+    }
+
+    /// Applies `commands` in one redb write transaction and records `raft_meta` (the applied
+    /// log position) in the same transaction.
+    ///
+    /// The commit is not durable ([`Durability::None`]): the Raft log is the durable record,
+    /// and re-applying its tail after a crash is safe because the applied position commits
+    /// together with the data it covers. redb frees pages only at durable commits, so the
+    /// caller must call [`Store::sync`] now and then or the file only grows.
+    ///
+    /// Each command gets its own result; a command that fails changes nothing. An `Err` is a
+    /// storage failure: nothing of the batch was applied.
+    pub fn apply_batch(
+        &self,
+        commands: &[raft_request::Request],
+        raft_meta: &[u8],
+    ) -> Result<Vec<Result<raft_response::Response, KvError>>, StoreError> {
+        let _writer = self
+            .inner
+            .writer
+            .lock()
+            .expect("store writer lock poisoned");
+        let mut txn = self.inner.db.begin_write()?;
+        txn.set_durability(Durability::None);
+        let published = self.inner.state();
+        let mut batch = Batch::new(&published, &txn)?;
+        let results = commands
+            .iter()
+            .map(|command| batch.apply(command))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outcome = batch.finish();
+        write_meta(&txn, &published, &outcome, raft_meta)?;
+        drop(published);
+
+        if outcome.compacted_keys.is_empty() {
+            txn.commit()?;
+            self.inner.state_mut().publish(outcome, raft_meta);
+        } else {
+            // Compaction removed versions the published index still names; no reader may
+            // consult it between this commit and the publish.
+            let mut state = self.inner.state_mut();
+            txn.commit()?;
+            state.publish(outcome, raft_meta);
+        }
+        Ok(results)
+    }
+
+    /// A range read at the published state; `header.revision` is the current revision.
+    pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, KvError> {
+        let (plan, read) = {
+            let state = self.inner.state();
+            let plan = plan_range(
+                &state.index,
+                state.revision,
+                state.compact_revision,
+                request,
+            )?;
+            let read = if plan.revisions.is_empty() {
+                None
+            } else {
+                Some(self.inner.db.begin_read()?)
+            };
+            (plan, read)
+        };
+        let kvs = match read {
+            Some(read) => read_versions(&read.open_table(REVISIONS)?, &plan.revisions)?,
+            None => Vec::new(),
+        };
+        Ok(finish_range(request, plan, kvs))
+    }
+
+    pub fn current_revision(&self) -> i64 {
+        self.inner.state().revision
+    }
+
+    /// The revision of the last compaction; -1 before the first, as etcd reports it.
+    pub fn compact_revision(&self) -> i64 {
+        self.inner.state().compact_revision
+    }
+
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.inner.state().alarms.clone()
+    }
+
+    /// Makes everything applied so far durable (an fsync), and lets redb reuse the pages
+    /// that non-durable commits freed.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let txn = self.inner.db.begin_write()?;
+        let in_use = bytes_in_use(&txn)?;
+        txn.commit()?;
+        self.inner.db_size_in_use.store(in_use, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The size of the state file.
+    pub fn db_size(&self) -> i64 {
+        match std::fs::metadata(&self.inner.path) {
+            Ok(metadata) => i64::try_from(metadata.len()).unwrap_or(i64::MAX),
+            Err(error) => {
+                tracing::warn!(path = %self.inner.path.display(), %error, "cannot read the state file's size");
+                0
+            }
+        }
+    }
+
+    /// Bytes of the state file that hold data, as of the last open, `sync` or snapshot install.
+    pub fn db_size_in_use(&self) -> i64 {
+        self.inner.db_size_in_use.load(Ordering::Relaxed)
+    }
+
+    /// A CRC-32 over every stored version up to `revision` (0: the current revision), so that
+    /// members can check that they hold the same data. Returns the hash, the compact revision
+    /// and the revision hashed.
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), KvError> {
+        let (read, compact_revision, at) = {
+            let state = self.inner.state();
+            if revision > 0 && revision < state.compact_revision {
+                return Err(KvError::Compacted);
+            }
+            if revision > state.revision {
+                return Err(KvError::FutureRevision);
+            }
+            let at = if revision <= 0 {
+                state.revision
+            } else {
+                revision
+            };
+            // Opened under the lock so that it matches the compact revision (see the
+            // module documentation).
+            (self.inner.db.begin_read()?, state.compact_revision, at)
+        };
+        let revisions = read.open_table(REVISIONS)?;
+        let mut hasher = crc32fast::Hasher::new();
+        let last = Revision {
+            main: at,
+            sub: i64::MAX,
+        }
+        .to_key();
+        for entry in revisions.range::<&[u8; 16]>(..=&last)? {
+            let (revision, value) = entry?;
+            hasher.update(revision.value());
+            hasher.update(value.value());
+        }
+        Ok((hasher.finalize(), compact_revision, at))
+    }
+
+    /// A consistent copy of the whole state (versions, counters, alarms, Raft metadata) for
+    /// [`Store::install_snapshot`] on another member.
+    pub fn snapshot(&self) -> Result<Vec<u8>, StoreError> {
+        // One redb read transaction: the Raft metadata matches the data exactly.
+        let read = self.inner.db.begin_read()?;
+        let mut snapshot = SnapshotWriter::new();
+        for entry in read.open_table(META)?.iter()? {
+            let (name, value) = entry?;
+            snapshot.record(SnapshotRecord::Meta(name.value(), value.value()))?;
+        }
+        for entry in read.open_table(REVISIONS)?.iter()? {
+            let (revision, value) = entry?;
+            snapshot.record(SnapshotRecord::Version(revision.value(), value.value()))?;
+        }
+        Ok(snapshot.finish())
+    }
+
+    /// Replaces the whole state with `snapshot`; durable when it returns.
+    pub fn install_snapshot(&self, snapshot: &[u8]) -> Result<(), StoreError> {
+        let records = parse_snapshot(snapshot)?;
+        let mut builder = StateBuilder::new();
+        for record in &records {
+            builder.record(record)?;
+        }
+        let state = builder.finish().map_err(|error| match error {
+            StoreError::Corrupt(reason) => StoreError::InvalidSnapshot(reason),
+            other => other,
+        })?;
+
+        let _writer = self
+            .inner
+            .writer
+            .lock()
+            .expect("store writer lock poisoned");
+        // Durability::Immediate, redb's default: durable on return, as the caller requires.
+        let txn = self.inner.db.begin_write()?;
+        txn.delete_table(REVISIONS)?;
+        txn.delete_table(META)?;
+        {
+            let mut revisions = txn.open_table(REVISIONS)?;
+            let mut meta = txn.open_table(META)?;
+            for record in &records {
+                match *record {
+                    SnapshotRecord::Meta(name, value) => meta.insert(name, value)?,
+                    SnapshotRecord::Version(revision, value) => {
+                        revisions.insert(revision, value)?
+                    }
+                };
+            }
+        }
+        let in_use = bytes_in_use(&txn)?;
+        // Versions the published index names are gone once this commits.
+        let mut published = self.inner.state_mut();
+        txn.commit()?;
+        *published = state;
+        drop(published);
+        self.inner.db_size_in_use.store(in_use, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn bytes_in_use(txn: &WriteTransaction) -> Result<i64, StoreError> {
+    let stats = txn.stats()?;
+    let bytes = stats.allocated_pages() * stats.page_size() as u64;
+    Ok(i64::try_from(bytes).unwrap_or(i64::MAX))
+}
+
+/// Records a batch's counters and the Raft metadata in its own transaction.
+fn write_meta(
+    txn: &WriteTransaction,
+    before: &State,
+    after: &BatchOutcome,
+    raft_meta: &[u8],
+) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META)?;
+    if after.revision != before.revision {
+        meta.insert(META_REVISION, encode_i64(after.revision).as_slice())?;
+    }
+    if after.compact_revision != before.compact_revision {
+        meta.insert(
+            META_COMPACT_REVISION,
+            encode_i64(after.compact_revision).as_slice(),
+        )?;
+    }
+    if after.alarms != before.alarms {
+        meta.insert(META_ALARMS, encode_alarms(&after.alarms).as_slice())?;
+    }
+    meta.insert(META_RAFT, raft_meta)?;
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! Black-box tests of `cairn`: each test starts its own `cairn` process(es) on free loopback
+//! ports, with a private data dir, and talks to them with unmodified clients (the
+//! `etcd-client` crate and `etcdctl`), checking etcd v3's behaviour byte for byte.
+//!
+//! The binary is `$CAIRN_BIN`, else `target/debug/cairn` (`cargo build -p cairn`).
+//! `etcdctl` comes from `scripts/install-test-deps.sh`.
+
+mod cli;
+mod durability;
+mod errors;
+mod etcdctl;
+mod harness;
+mod kv;
+mod limits;
+mod txn;
