@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "authpb/auth.proto",
     "etcdserverpb/rpc.proto",
     "cairnpb/raft.proto",
+    "cairnpb/peer.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::api::Limits;
-use crate::raft::{Member, MemberId, RaftSettings};
+use crate::raft::{Bootstrap, Member, MemberId, RaftSettings};
 
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
@@ -134,10 +134,11 @@ pub struct ServerConfig {
     pub name: String,
     pub data_dir: PathBuf,
     pub client_addrs: Vec<SocketAddr>,
+    pub peer_addrs: Vec<SocketAddr>,
     pub advertise_client_urls: Vec<String>,
     pub member_id: MemberId,
     pub cluster_id: u64,
-    pub initial_members: BTreeMap<MemberId, Member>,
+    pub bootstrap: Bootstrap,
     pub limits: Limits,
     pub raft: RaftSettings,
     pub log_level: String,
@@ -194,11 +195,10 @@ pub fn member_id(peer_urls: &[String], token: &str) -> MemberId {
     fnv1a(&parts)
 }
 
-fn cluster_id(member_ids: &[MemberId], token: &str) -> u64 {
-    let encoded: Vec<[u8; 8]> = member_ids.iter().map(|id| id.to_be_bytes()).collect();
-    let mut parts: Vec<&[u8]> = encoded.iter().map(|bytes| bytes.as_slice()).collect();
-    parts.push(token.as_bytes());
-    fnv1a(&parts)
+/// The cluster's id, from the cluster token alone, so that a member started later with
+/// `--initial-cluster-state existing` derives the same id as the founders.
+fn cluster_id(token: &str) -> u64 {
+    fnv1a(&[b"cluster", token.as_bytes()])
 }
 
 impl ServerArgs {
@@ -221,8 +221,12 @@ impl ServerArgs {
                 .as_deref()
                 .unwrap_or(&self.listen_peer_urls),
         );
-        for url in split_urls(&self.listen_peer_urls).iter().chain(&peer_urls) {
-            listen_addr(url).context("bad peer URL")?;
+        let peer_addrs = split_urls(&self.listen_peer_urls)
+            .iter()
+            .map(|url| listen_addr(url).context("bad --listen-peer-urls"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for url in &peer_urls {
+            url::Url::parse(url).with_context(|| format!("bad peer URL {url:?}"))?;
         }
         let initial_cluster = self
             .initial_cluster
@@ -257,15 +261,6 @@ impl ServerArgs {
                 peer_urls
             );
         }
-        if by_name.len() > 1 {
-            bail!("--initial-cluster names {} members: this build of Cairn runs single-member clusters only", by_name.len());
-        }
-        if self.initial_cluster_state != "new" {
-            bail!(
-                "--initial-cluster-state {:?}: only \"new\" is supported by a single-member build",
-                self.initial_cluster_state
-            );
-        }
 
         let token = &self.initial_cluster_token;
         let mut initial_members = BTreeMap::new();
@@ -281,7 +276,11 @@ impl ServerArgs {
             };
             initial_members.insert(member_id(urls, token), member);
         }
-        let ids: Vec<MemberId> = initial_members.keys().copied().collect();
+        let bootstrap = match self.initial_cluster_state.as_str() {
+            "new" => Bootstrap::New(initial_members),
+            "existing" => Bootstrap::Existing,
+            other => bail!("--initial-cluster-state {other:?}: expected \"new\" or \"existing\""),
+        };
         if self.election_timeout < 5 * self.heartbeat_interval {
             bail!("--election-timeout must be at least 5 times --heartbeat-interval");
         }
@@ -292,10 +291,11 @@ impl ServerArgs {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("{}.cairn", self.name))),
             client_addrs,
+            peer_addrs,
             advertise_client_urls,
             member_id: member_id(&peer_urls, token),
-            cluster_id: cluster_id(&ids, token),
-            initial_members,
+            cluster_id: cluster_id(token),
+            bootstrap,
             limits: Limits {
                 max_request_bytes: self.max_request_bytes,
                 quota_backend_bytes: if self.quota_backend_bytes <= 0 {
@@ -338,8 +338,11 @@ mod tests {
         let config = resolve(&[]).unwrap();
         assert_eq!(config.data_dir, PathBuf::from("default.cairn"));
         assert_eq!(config.client_addrs, vec!["127.0.0.1:2379".parse().unwrap()]);
-        assert_eq!(config.initial_members.len(), 1);
-        let member = &config.initial_members[&config.member_id];
+        let Bootstrap::New(members) = &config.bootstrap else {
+            panic!("a default member founds a new cluster");
+        };
+        assert_eq!(members.len(), 1);
+        let member = &members[&config.member_id];
         assert_eq!(member.name, "default");
         assert_eq!(member.peer_urls, vec!["http://127.0.0.1:2380".to_owned()]);
         assert_eq!(config.limits.max_request_bytes, 1_572_864);

@@ -10,9 +10,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{cluster::ClusterService, kv::KvService, maintenance::MaintenanceService, Node};
 use crate::config::ServerConfig;
+use crate::proto::cairnpb::peer_server::PeerServer;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
 };
+use crate::raft::{PeerService, Peers};
 
 /// etcd lets a gRPC message exceed `--max-request-bytes` by this much so the request itself,
 /// not the transport, answers "request is too large".
@@ -22,28 +24,43 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// log is), it bounds how much log is replayed after a crash.
 const STATE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Binds the client listeners named in `config`.
-pub async fn bind(config: &ServerConfig) -> anyhow::Result<Vec<TcpListener>> {
-    let mut listeners = Vec::new();
+/// The sockets a member serves on.
+pub struct Listeners {
+    pub clients: Vec<TcpListener>,
+    pub peers: Vec<TcpListener>,
+}
+
+/// Binds the client and peer listeners named in `config`.
+pub async fn bind(config: &ServerConfig) -> anyhow::Result<Listeners> {
+    let mut clients = Vec::new();
     for addr in &config.client_addrs {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for clients on {addr}: {e}"))?;
-        listeners.push(listener);
+        clients.push(listener);
     }
-    Ok(listeners)
+    let mut peers = Vec::new();
+    for addr in &config.peer_addrs {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for peers on {addr}: {e}"))?;
+        peers.push(listener);
+    }
+    Ok(Listeners { clients, peers })
 }
 
 /// Serves until `shutdown` completes, then stops Raft and makes the store durable.
 pub async fn run(
     config: ServerConfig,
-    listeners: Vec<TcpListener>,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let peers = Peers::default();
     let raft_node = crate::raft::start(
         &config.data_dir,
         config.member_id,
-        config.initial_members.clone(),
+        config.bootstrap.clone(),
+        peers.clone(),
         &config.raft,
     )
     .await?;
@@ -53,7 +70,9 @@ pub async fn run(
         raft: raft_node.raft.clone(),
         store: raft_node.store.clone(),
         log: raft_node.log.clone(),
+        peers,
         limits: config.limits.clone(),
+        leader_wait: config.raft.election_timeout * 3,
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -82,7 +101,26 @@ pub async fn run(
 
     let max_decoding = config.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let mut servers = Vec::new();
-    for listener in listeners {
+    for listener in listeners.peers {
+        let addr = listener.local_addr()?;
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                PeerServer::new(PeerService::new(node.raft.clone()))
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX),
+            );
+        let mut stop = stop_rx.clone();
+        servers.push(tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                })
+                .await
+        }));
+        tracing::info!(%addr, "serving peer requests");
+    }
+    for listener in listeners.clients {
         let addr = listener.local_addr()?;
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)

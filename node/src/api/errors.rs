@@ -51,8 +51,17 @@ pub fn stopped() -> Status {
     Status::new(Code::Unavailable, "etcdserver: server stopped")
 }
 
-pub fn not_capable() -> Status {
-    Status::new(Code::Unavailable, "etcdserver: not capable")
+pub fn timeout() -> Status {
+    Status::new(Code::Unavailable, "etcdserver: request timed out")
+}
+
+/// A failed call to the leader: etcd's errors pass through, a lost connection means the
+/// leader is gone.
+pub fn from_peer_status(status: Status) -> Status {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => no_leader(),
+        _ => status,
+    }
 }
 
 pub fn from_write_error(error: RaftError<MemberId, ClientWriteError<MemberId, Member>>) -> Status {

@@ -8,6 +8,9 @@ pub mod maintenance;
 mod txn_check;
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
 use prost::Message;
 use tonic::Status;
@@ -16,7 +19,7 @@ use crate::proto::cairnpb::{raft_request, raft_response, RaftRequest};
 use crate::proto::etcdserverpb::{
     alarm_request::AlarmAction, AlarmRequest, AlarmType, ResponseHeader,
 };
-use crate::raft::{MemberId, Proposal, Raft};
+use crate::raft::{Applied, Member, MemberId, Peers, Proposal, Raft};
 use crate::store::Store;
 
 /// Limits an operator sets, with etcd's defaults.
@@ -44,7 +47,16 @@ pub struct Node {
     pub raft: Raft,
     pub store: Store,
     pub log: crate::raft::LogStore,
+    pub peers: Peers,
     pub limits: Limits,
+    /// How long a request waits for a leader to be elected before it fails with "no leader".
+    pub leader_wait: Duration,
+}
+
+/// Where a request that needs the leader goes.
+enum Route {
+    Here,
+    Leader(Member),
 }
 
 pub type SharedNode = Arc<Node>;
@@ -60,7 +72,8 @@ impl Node {
         }
     }
 
-    /// Replicates a write through Raft and returns what the state machine answered.
+    /// Replicates a write through Raft and returns what the state machine answered. A member
+    /// that is not the leader forwards the write to the leader over the peer network.
     pub async fn propose(
         &self,
         request: raft_request::Request,
@@ -71,26 +84,95 @@ impl Node {
         if proposal.encoded_len() > self.limits.max_request_bytes {
             return Err(errors::request_too_large());
         }
-        let written = self
-            .raft
-            .client_write(Proposal(proposal))
-            .await
-            .map_err(errors::from_write_error)?;
-        written
-            .data
+        let applied = match self.route().await? {
+            Route::Here => match self.raft.client_write(Proposal(proposal.clone())).await {
+                Ok(written) => written.data,
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                    match forward.leader_node {
+                        Some(leader) => self.forward(&leader, proposal).await?,
+                        None => return Err(errors::no_leader()),
+                    }
+                }
+                Err(error) => return Err(errors::from_write_error(error)),
+            },
+            Route::Leader(leader) => self.forward(&leader, proposal).await?,
+        };
+        applied
             .into_result()?
             .and_then(|response| response.response)
             .ok_or_else(|| Status::internal("etcdserver: the state machine gave no response"))
     }
 
+    async fn forward(&self, leader: &Member, proposal: RaftRequest) -> Result<Applied, Status> {
+        let mut client = self.peers.client(leader).map_err(|_| errors::no_leader())?;
+        let reply = client
+            .propose(proposal)
+            .await
+            .map_err(errors::from_peer_status)?;
+        postcard::from_bytes(&reply.get_ref().applied).map_err(|e| {
+            Status::internal(format!("cairn: undecodable answer from the leader: {e}"))
+        })
+    }
+
+    /// The leader to send a request to, waiting a while for an election to finish.
+    async fn route(&self) -> Result<Route, Status> {
+        let mut metrics = self.raft.metrics();
+        let leader = tokio::time::timeout(
+            self.leader_wait,
+            metrics.wait_for(|metrics| metrics.current_leader.is_some()),
+        )
+        .await
+        .map_err(|_| errors::no_leader())?
+        .map_err(|_| errors::stopped())?
+        .current_leader
+        .ok_or_else(errors::no_leader)?;
+        if leader == self.member_id {
+            return Ok(Route::Here);
+        }
+        let metrics = self.raft.metrics();
+        let leader_member = metrics
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned();
+        leader_member
+            .map(Route::Leader)
+            .ok_or_else(errors::no_leader)
+    }
+
     /// Waits until this member has applied everything committed before the call, so that a
-    /// following local read is linearizable.
+    /// following local read is linearizable: the leader confirms its commit index with a
+    /// quorum (read index), then this member waits to have applied up to it.
     pub async fn read_barrier(&self) -> Result<(), Status> {
+        let read_index = match self.route().await? {
+            Route::Here => match self.raft.get_read_log_id().await {
+                Ok((read_log_id, _)) => read_log_id.map_or(0, |id| id.index),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                    match forward.leader_node {
+                        Some(leader) => self.remote_read_index(&leader).await?,
+                        None => return Err(errors::no_leader()),
+                    }
+                }
+                Err(error) => return Err(errors::from_read_error(error)),
+            },
+            Route::Leader(leader) => self.remote_read_index(&leader).await?,
+        };
         self.raft
-            .ensure_linearizable()
+            .wait(Some(self.leader_wait))
+            .applied_index_at_least(Some(read_index), "linearizable read")
             .await
             .map(|_| ())
-            .map_err(errors::from_read_error)
+            .map_err(|_| errors::timeout())
+    }
+
+    async fn remote_read_index(&self, leader: &Member) -> Result<u64, Status> {
+        let mut client = self.peers.client(leader).map_err(|_| errors::no_leader())?;
+        let reply = client
+            .read_index(crate::proto::cairnpb::ReadIndexRequest {})
+            .await
+            .map_err(errors::from_peer_status)?;
+        Ok(reply.get_ref().index)
     }
 
     /// etcd's quota check: a write that would take the store past its quota raises the

@@ -4,6 +4,7 @@
 
 mod log_store;
 mod network;
+mod peer_service;
 mod state_machine;
 pub mod types;
 
@@ -13,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use log_store::LogStore;
+pub use network::Peers;
+pub use peer_service::PeerService;
 pub use types::{Applied, Member, MemberId, Proposal, Raft, TypeConfig};
 
 use crate::store::Store;
@@ -46,12 +49,23 @@ pub struct RaftNode {
     pub store: Store,
 }
 
-/// Opens the storage in `data_dir` and starts Raft. A member that has never been part of a
-/// cluster bootstraps one from `initial_members`.
+/// How a member that has never been part of a cluster starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Found a new cluster with these members (`--initial-cluster-state new`). Every initial
+    /// member proposes the same membership, so whichever is elected first agrees with the rest.
+    New(BTreeMap<MemberId, Member>),
+    /// Join a cluster that already added this member (`--initial-cluster-state existing`):
+    /// wait for its leader to replicate the log here.
+    Existing,
+}
+
+/// Opens the storage in `data_dir` and starts Raft.
 pub async fn start(
     data_dir: &Path,
     member_id: MemberId,
-    initial_members: BTreeMap<MemberId, Member>,
+    bootstrap: Bootstrap,
+    peers: Peers,
     settings: &RaftSettings,
 ) -> anyhow::Result<RaftNode> {
     std::fs::create_dir_all(data_dir)?;
@@ -75,15 +89,21 @@ pub async fn start(
     let raft = Raft::new(
         member_id,
         Arc::new(config),
-        network::PeerNetwork,
+        peers,
         log.clone(),
         state_machine,
     )
     .await?;
 
-    if !raft.is_initialized().await? {
-        tracing::info!(member_id = %format!("{member_id:x}"), members = initial_members.len(), "bootstrapping a new cluster");
-        raft.initialize(initial_members).await?;
+    match bootstrap {
+        Bootstrap::New(members) if !raft.is_initialized().await? => {
+            tracing::info!(member_id = %format!("{member_id:x}"), members = members.len(), "bootstrapping a new cluster");
+            raft.initialize(members).await?;
+        }
+        Bootstrap::New(_) => {}
+        Bootstrap::Existing => {
+            tracing::info!(member_id = %format!("{member_id:x}"), "joining an existing cluster");
+        }
     }
     Ok(RaftNode { raft, log, store })
 }

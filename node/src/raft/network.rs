@@ -1,70 +1,168 @@
-//! How this member reaches its peers.
+//! The peer network, client side: one cached gRPC channel per peer URL, used for openraft's
+//! messages and for the requests a member sends to the leader (forwarded writes, read index).
 //!
-//! Cairn runs one-member clusters for now: the only member never sends a Raft message, so
-//! every peer is unreachable. The peer transport (a gRPC service on the peer URL) replaces
-//! this when multi-member clusters arrive; until then a configuration that names other
-//! members is refused at startup rather than left to fail here.
+//! openraft messages travel as their postcard encoding inside `cairnpb.RaftMessage`, so the
+//! peer protocol follows openraft's types without a hand-written protobuf mirror of each.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
 
 use super::types::{Member, MemberId, TypeConfig};
+use crate::proto::cairnpb::peer_client::PeerClient;
+use crate::proto::cairnpb::RaftMessage;
 
-/// Hands out a connection per peer.
-pub struct PeerNetwork;
+/// How long connecting to a peer may take before the attempt counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A peer this member cannot reach.
-pub struct UnreachablePeer {
+/// Channels to peers, by URL. tonic channels reconnect by themselves (with backoff), so one
+/// channel per peer serves for the life of the process.
+#[derive(Clone, Default)]
+pub struct Peers {
+    // A std mutex: held only to look up or insert a channel.
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Peers {
+    /// A client for `member`'s peer service, on its first peer URL.
+    pub fn client(&self, member: &Member) -> Result<PeerClient<Channel>, String> {
+        let url = member
+            .peer_urls
+            .first()
+            .ok_or_else(|| format!("member {:?} has no peer URL", member.name))?;
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(channel) = channels.get(url) {
+            return Ok(PeerClient::new(channel.clone()));
+        }
+        let channel = Endpoint::from_shared(url.clone())
+            .map_err(|e| format!("bad peer URL {url:?}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        channels.insert(url.clone(), channel.clone());
+        Ok(PeerClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX))
+    }
+}
+
+/// Encodes an openraft message for the wire.
+pub fn encode<T: Serialize>(message: &T) -> Result<RaftMessage, postcard::Error> {
+    Ok(RaftMessage {
+        payload: postcard::to_allocvec(message)?,
+    })
+}
+
+/// Decodes an openraft message from the wire.
+pub fn decode<T: DeserializeOwned>(message: &RaftMessage) -> Result<T, postcard::Error> {
+    postcard::from_bytes(&message.payload)
+}
+
+impl RaftNetworkFactory<TypeConfig> for Peers {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: MemberId, node: &Member) -> PeerConnection {
+        PeerConnection {
+            target,
+            client: self.client(node),
+        }
+    }
+}
+
+/// openraft's view of one peer.
+pub struct PeerConnection {
     target: MemberId,
+    client: Result<PeerClient<Channel>, String>,
 }
 
-impl UnreachablePeer {
-    fn error<E: std::error::Error>(&self) -> RPCError<MemberId, Member, E> {
-        RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
-            "no peer transport to member {:x}: Cairn runs single-member clusters only",
-            self.target
-        ))))
+type RpcResult<T, E> = Result<T, RPCError<MemberId, Member, RaftError<MemberId, E>>>;
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        kind: Rpc,
+        request: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &self.client {
+            Ok(client) => client.clone(),
+            Err(error) => {
+                return Err(RPCError::Unreachable(Unreachable::new(
+                    &std::io::Error::other(error.clone()),
+                )))
+            }
+        };
+        let message = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(option.hard_ttl());
+        let mut client = client;
+        let reply = match kind {
+            Rpc::AppendEntries => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::InstallSnapshot => client.install_snapshot(request).await,
+        };
+        let reply = reply.map_err(|status| match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                RPCError::Unreachable(Unreachable::new(&status))
+            }
+            _ => RPCError::Network(NetworkError::new(&status)),
+        })?;
+        let result: Result<Resp, RaftError<MemberId, E>> =
+            decode(reply.get_ref()).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
-    type Network = UnreachablePeer;
-
-    async fn new_client(&mut self, target: MemberId, _node: &Member) -> UnreachablePeer {
-        UnreachablePeer { target }
-    }
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
 }
 
-impl RaftNetwork<TypeConfig> for UnreachablePeer {
+impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<MemberId>, RPCError<MemberId, Member, RaftError<MemberId>>>
-    {
-        Err(self.error())
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<MemberId>, openraft::error::Infallible> {
+        self.call(Rpc::AppendEntries, &rpc, &option).await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<MemberId>,
-        RPCError<MemberId, Member, RaftError<MemberId, InstallSnapshotError>>,
-    > {
-        Err(self.error())
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<MemberId>, InstallSnapshotError> {
+        self.call(Rpc::InstallSnapshot, &rpc, &option).await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<MemberId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<MemberId>, RPCError<MemberId, Member, RaftError<MemberId>>> {
-        Err(self.error())
+        rpc: VoteRequest<MemberId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<MemberId>, openraft::error::Infallible> {
+        self.call(Rpc::Vote, &rpc, &option).await
     }
 }

@@ -67,6 +67,14 @@ struct Inner {
     db_size_in_use: AtomicI64,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Inner {
     // A panic while a lock was held may have left the index half-published; carrying on
     // would serve wrong data, so the poison propagates.
@@ -91,20 +99,7 @@ impl Store {
         let in_use = bytes_in_use(&txn)?;
         txn.commit()?;
 
-        let read = db.begin_read()?;
-        let mut builder = StateBuilder::new();
-        let meta = read.open_table(META)?;
-        for entry in meta.iter()? {
-            let (name, value) = entry?;
-            builder.record(&SnapshotRecord::Meta(name.value(), value.value()))?;
-        }
-        let revisions = read.open_table(REVISIONS)?;
-        for entry in revisions.iter()? {
-            let (revision, value) = entry?;
-            builder.record(&SnapshotRecord::Version(revision.value(), value.value()))?;
-        }
-        let state = builder.finish()?;
-        drop((meta, revisions, read));
+        let state = load_state(&db)?;
 
         tracing::info!(
             path = %path.display(),
@@ -226,7 +221,8 @@ impl Store {
         match std::fs::metadata(&self.inner.path) {
             Ok(metadata) => i64::try_from(metadata.len()).unwrap_or(i64::MAX),
             Err(error) => {
-                tracing::warn!(path = %self.inner.path.display(), %error, "cannot read the state file's size");
+                let path = self.inner.path.display();
+                tracing::warn!(%path, %error, "cannot read the state file's size");
                 0
             }
         }
@@ -294,13 +290,14 @@ impl Store {
     pub fn install_snapshot(&self, snapshot: &[u8]) -> Result<(), StoreError> {
         let records = parse_snapshot(snapshot)?;
         let mut builder = StateBuilder::new();
-        for record in &records {
-            builder.record(record)?;
-        }
-        let state = builder.finish().map_err(|error| match error {
-            StoreError::Corrupt(reason) => StoreError::InvalidSnapshot(reason),
-            other => other,
-        })?;
+        let state = records
+            .iter()
+            .try_for_each(|record| builder.record(record))
+            .and_then(|()| builder.finish())
+            .map_err(|error| match error {
+                StoreError::Corrupt(reason) => StoreError::InvalidSnapshot(reason),
+                other => other,
+            })?;
 
         let _writer = self
             .inner
@@ -332,6 +329,21 @@ impl Store {
         self.inner.db_size_in_use.store(in_use, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Rebuilds the published state from the tables.
+fn load_state(db: &Database) -> Result<State, StoreError> {
+    let read = db.begin_read()?;
+    let mut builder = StateBuilder::new();
+    for entry in read.open_table(META)?.iter()? {
+        let (name, value) = entry?;
+        builder.record(&SnapshotRecord::Meta(name.value(), value.value()))?;
+    }
+    for entry in read.open_table(REVISIONS)?.iter()? {
+        let (revision, value) = entry?;
+        builder.record(&SnapshotRecord::Version(revision.value(), value.value()))?;
+    }
+    builder.finish()
 }
 
 fn bytes_in_use(txn: &WriteTransaction) -> Result<i64, StoreError> {

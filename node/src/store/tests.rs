@@ -159,6 +159,12 @@ fn alarm(store: &Store, action: AlarmAction, member_id: u64, alarm: AlarmType) -
 }
 
 #[test]
+fn store_is_shared_across_threads_by_cloning() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    shareable::<Store>();
+}
+
+#[test]
 fn new_store_is_at_revision_one_and_never_compacted() {
     let (_dir, store) = open_temp();
     assert_eq!(store.current_revision(), 1);

@@ -16,9 +16,21 @@ struct Etcdctl {
 }
 
 impl Etcdctl {
+    /// Names the node by its URL, `http://127.0.0.1:PORT`.
     fn new(node: &Node) -> Etcdctl {
         Etcdctl {
             endpoint: node.endpoint(),
+        }
+    }
+
+    /// Names the node as `127.0.0.1:PORT`, without a scheme.
+    fn by_address(node: &Node) -> Etcdctl {
+        let endpoint = node.endpoint();
+        let address = endpoint
+            .strip_prefix("http://")
+            .expect("an http:// endpoint");
+        Etcdctl {
+            endpoint: address.to_owned(),
         }
     }
 
@@ -224,13 +236,13 @@ async fn etcdctl_get_below_a_compaction_shows_the_compaction_error() {
 #[tokio::test]
 async fn etcdctl_endpoint_status_reports_version_db_size_and_leader() {
     let node = Node::start(NodeOptions::default()).await;
-    let ctl = Etcdctl::new(&node);
+    let ctl = Etcdctl::by_address(&node);
 
     let json = ctl.json(&["endpoint", "status"]).await;
     let statuses = json.as_array().expect("a list of endpoint statuses");
     assert_eq!(statuses.len(), 1, "{json}");
     let status = &statuses[0];
-    assert_eq!(str_at(status, "/Endpoint"), node.endpoint());
+    assert_eq!(str_at(status, "/Endpoint"), ctl.endpoint);
     let version = str_at(status, "/Status/version");
     let parts: Vec<u64> = version
         .split('.')
@@ -244,6 +256,22 @@ async fn etcdctl_endpoint_status_reports_version_db_size_and_leader() {
     let member = u64_at(status, "/Status/header/member_id");
     assert_eq!(u64_at(status, "/Status/leader"), member);
     assert!(u64_at(status, "/Status/raftTerm") > 0, "{status}");
+}
+
+/// etcdctl dials each endpoint of `endpoint status` / `endpoint hashkv` on its own, and
+/// then sends the endpoint as given, `http://127.0.0.1:PORT`, as the HTTP/2 `:authority`;
+/// etcd accepts that.
+#[tokio::test]
+async fn etcdctl_endpoint_commands_work_with_endpoints_given_as_urls() {
+    let node = Node::start(NodeOptions::default()).await;
+    let ctl = Etcdctl::new(&node);
+
+    let json = ctl.json(&["endpoint", "status"]).await;
+    assert_eq!(str_at(&json, "/0/Endpoint"), node.endpoint());
+    let member = u64_at(&json, "/0/Status/header/member_id");
+    assert_eq!(u64_at(&json, "/0/Status/leader"), member);
+    let json = ctl.json(&["endpoint", "hashkv"]).await;
+    assert_eq!(str_at(&json, "/0/Endpoint"), node.endpoint());
 }
 
 #[tokio::test]

@@ -58,20 +58,32 @@ fn kinds(response: &TxnResponse) -> Vec<&'static str> {
         .collect()
 }
 
+/// Runs every (compare, expected result) case and fails listing all the wrong ones.
+async fn check_compares(c: &mut Client, cases: Vec<(String, Compare, bool)>) {
+    let mut wrong = Vec::new();
+    for (label, compare, expected) in cases {
+        if succeeds(c, vec![compare]).await != expected {
+            wrong.push(format!("{label}: expected {expected}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "wrong compare results:\n{}",
+        wrong.join("\n")
+    );
+}
+
 #[tokio::test]
-async fn txn_compares_every_target_with_every_result() {
+async fn txn_compares_version_create_mod_and_value_with_every_result() {
     let node = Node::start(NodeOptions::default()).await;
     let mut c = node.client().await;
-    let lease = c.lease_grant(600, None).await.expect("grant").id();
     let create = put(&mut c, "t", "a").await;
     put(&mut c, "other", "x").await;
-    let options = PutOptions::new().with_lease(lease);
-    let modified = c.put("t", "m", Some(options)).await.expect("put");
-    let modified = revision(modified.header());
-    // Now t has version 2, create revision `create`, mod revision `modified` (> create + 1),
-    // value "m" and lease `lease`.
+    let modified = put(&mut c, "t", "m").await;
+    // Now t has version 2, create revision `create`, mod revision `modified` (> create + 1)
+    // and value "m".
 
-    let mut cases: Vec<(String, Compare, bool)> = Vec::new();
+    let mut cases = Vec::new();
     for result in RESULTS {
         for delta in [-1_i64, 0, 1] {
             let integer_targets = [
@@ -86,7 +98,6 @@ async fn txn_compares_every_target_with_every_result() {
                     modified,
                     Compare::mod_revision("t", result, modified + delta),
                 ),
-                ("lease", lease, Compare::lease("t", result, lease + delta)),
             ];
             for (target, stored, compare) in integer_targets {
                 let expected = holds(result, stored.cmp(&(stored + delta)));
@@ -100,18 +111,30 @@ async fn txn_compares_every_target_with_every_result() {
             cases.push((label, Compare::value("t", result, operand), expected));
         }
     }
+    check_compares(&mut c, cases).await;
+}
 
-    let mut wrong = Vec::new();
-    for (label, compare, expected) in cases {
-        if succeeds(&mut c, vec![compare]).await != expected {
-            wrong.push(format!("{label}: expected {expected}"));
+#[tokio::test]
+async fn txn_compares_lease_with_every_result() {
+    let node = Node::start(NodeOptions::default()).await;
+    let mut c = node.client().await;
+    let lease = c.lease_grant(600, None).await.expect("grant").id();
+    let options = PutOptions::new().with_lease(lease);
+    c.put("t", "v", Some(options)).await.expect("put");
+    put(&mut c, "no-lease", "v").await;
+
+    let mut cases = Vec::new();
+    for result in RESULTS {
+        for delta in [-1_i64, 0, 1] {
+            let expected = holds(result, lease.cmp(&(lease + delta)));
+            let label = format!("lease {result:?} lease{delta:+}");
+            cases.push((label, Compare::lease("t", result, lease + delta), expected));
         }
+        let expected = holds(result, 0.cmp(&lease));
+        let label = format!("no lease {result:?} lease");
+        cases.push((label, Compare::lease("no-lease", result, lease), expected));
     }
-    assert!(
-        wrong.is_empty(),
-        "wrong compare results:\n{}",
-        wrong.join("\n")
-    );
+    check_compares(&mut c, cases).await;
 }
 
 #[tokio::test]

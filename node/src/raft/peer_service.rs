@@ -1,0 +1,94 @@
+//! The peer network, server side: the `cairnpb.Peer` service on the peer URL.
+
+use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use tonic::{Request, Response, Status};
+
+use super::network::{decode, encode};
+use super::types::{Applied, MemberId, Proposal, Raft, TypeConfig};
+use crate::proto::cairnpb::peer_server::Peer;
+use crate::proto::cairnpb::{
+    ProposeResponse, RaftMessage, RaftRequest, ReadIndexRequest, ReadIndexResponse,
+};
+
+pub struct PeerService {
+    raft: Raft,
+}
+
+impl PeerService {
+    pub fn new(raft: Raft) -> Self {
+        PeerService { raft }
+    }
+}
+
+fn bad_message(error: postcard::Error) -> Status {
+    Status::invalid_argument(format!("cairn: undecodable raft message: {error}"))
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
+    encode(value)
+        .map(Response::new)
+        .map_err(|e| Status::internal(format!("cairn: cannot encode raft reply: {e}")))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> =
+            decode(request.get_ref()).map_err(bad_message)?;
+        reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<MemberId> = decode(request.get_ref()).map_err(bad_message)?;
+        reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> =
+            decode(request.get_ref()).map_err(bad_message)?;
+        reply(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn propose(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<ProposeResponse>, Status> {
+        let applied = match self.raft.client_write(Proposal(request.into_inner())).await {
+            Ok(written) => written.data,
+            // The leader changed while the write was on its way: the forwarding member
+            // answers as etcd does and the client retries.
+            Err(error) => {
+                let status = crate::api::errors::from_write_error(error);
+                Applied::Rejected {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                }
+            }
+        };
+        let applied = postcard::to_allocvec(&applied)
+            .map_err(|e| Status::internal(format!("cairn: cannot encode the answer: {e}")))?;
+        Ok(Response::new(ProposeResponse { applied }))
+    }
+
+    async fn read_index(
+        &self,
+        _request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
+        match self.raft.get_read_log_id().await {
+            Ok((read_log_id, _applied)) => Ok(Response::new(ReadIndexResponse {
+                index: read_log_id.map_or(0, |id| id.index),
+            })),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(crate::api::errors::no_leader())
+            }
+            Err(error) => Err(crate::api::errors::from_read_error(error)),
+        }
+    }
+}
