@@ -88,6 +88,10 @@ pub struct ServerArgs {
     #[arg(long, env = "CAIRN_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
 
+    /// Promote caught-up learners to voters automatically, keeping the voter count odd.
+    #[arg(long, env = "CAIRN_AUTO_PROMOTE_LEARNERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_promote_learners: bool,
+
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "CAIRN_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -139,6 +143,10 @@ pub struct ServerConfig {
     pub member_id: MemberId,
     pub cluster_id: u64,
     pub bootstrap: Bootstrap,
+    /// This member's own attributes, published to the cluster once it has joined.
+    pub member: Member,
+    pub cluster_token: String,
+    pub auto_promote_learners: bool,
     pub limits: Limits,
     pub raft: RaftSettings,
     pub log_level: String,
@@ -273,6 +281,7 @@ impl ServerArgs {
                 } else {
                     Vec::new()
                 },
+                wants_vote: true,
             };
             initial_members.insert(member_id(urls, token), member);
         }
@@ -292,10 +301,18 @@ impl ServerArgs {
                 .unwrap_or_else(|| PathBuf::from(format!("{}.cairn", self.name))),
             client_addrs,
             peer_addrs,
-            advertise_client_urls,
+            advertise_client_urls: advertise_client_urls.clone(),
             member_id: member_id(&peer_urls, token),
             cluster_id: cluster_id(token),
             bootstrap,
+            member: Member {
+                name: self.name.clone(),
+                peer_urls: peer_urls.clone(),
+                client_urls: advertise_client_urls.clone(),
+                wants_vote: true,
+            },
+            cluster_token: token.clone(),
+            auto_promote_learners: self.auto_promote_learners,
             limits: Limits {
                 max_request_bytes: self.max_request_bytes,
                 quota_backend_bytes: if self.quota_backend_bytes <= 0 {

@@ -71,15 +71,27 @@ pub async fn run(
         store: raft_node.store.clone(),
         log: raft_node.log.clone(),
         peers,
+        cluster_token: config.cluster_token.clone(),
+        election_timeout: config.raft.election_timeout,
         limits: config.limits.clone(),
         leader_wait: config.raft.election_timeout * 3,
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+    }
+
+    let membership_upkeep = tokio::spawn(crate::api::cluster::maintain_membership(
+        node.clone(),
+        config.member.clone(),
+        config.auto_promote_learners,
+        stop_tx.clone(),
+    ));
 
     let syncer = {
         let store = node.store.clone();
@@ -170,6 +182,7 @@ pub async fn run(
     // A listener that failed on its own must still bring the member down cleanly.
     let _ = node.raft.shutdown().await;
     let _ = syncer.await;
+    membership_upkeep.abort();
     let store = node.store.clone();
     tokio::task::spawn_blocking(move || store.sync()).await??;
     tracing::info!("stopped");

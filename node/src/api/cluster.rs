@@ -1,13 +1,22 @@
-//! etcd's Cluster service: the member list, read from the Raft membership.
+//! etcd's Cluster service: the member list from the Raft membership, and membership changes
+//! run by the leader (forwarded there from any member).
 
+use std::time::Duration;
+
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use super::SharedNode;
+use super::{Route, SharedNode};
 use crate::proto::etcdserverpb::{
     cluster_server::Cluster, Member, MemberAddRequest, MemberAddResponse, MemberListRequest,
     MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest,
     MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
 };
+use crate::raft::membership::{self, ChangeOutcome, MembershipChange};
+use crate::raft::{self, MemberId};
+
+/// How often a member checks its place in the cluster (attributes, promotions, removal).
+const UPKEEP_INTERVAL: Duration = Duration::from_millis(300);
 
 pub struct ClusterService {
     node: SharedNode,
@@ -18,51 +27,132 @@ impl ClusterService {
         ClusterService { node }
     }
 
-    fn members(&self) -> Vec<Member> {
-        let metrics = self.node.raft.metrics();
-        let metrics = metrics.borrow();
-        let membership = metrics.membership_config.membership();
-        let learners: Vec<_> = membership.learner_ids().collect();
-        membership
-            .nodes()
-            .map(|(id, member)| Member {
-                id: *id,
-                name: member.name.clone(),
-                peer_ur_ls: member.peer_urls.clone(),
-                client_ur_ls: member.client_urls.clone(),
-                is_learner: learners.contains(id),
-            })
-            .collect()
+    fn header(&self) -> Option<crate::proto::etcdserverpb::ResponseHeader> {
+        Some(self.node.header(self.node.store.current_revision()))
     }
 }
 
-fn needs_multi_member() -> Status {
-    Status::unimplemented(
-        "cairn: membership changes need multi-member clusters, which this build does not run",
-    )
+/// The members as etcd lists them.
+fn members(node: &super::Node) -> Vec<Member> {
+    let metrics = node.raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    let learners: Vec<_> = membership.learner_ids().collect();
+    membership
+        .nodes()
+        .map(|(id, member)| Member {
+            id: *id,
+            name: member.name.clone(),
+            peer_ur_ls: member.peer_urls.clone(),
+            client_ur_ls: member.client_urls.clone(),
+            is_learner: learners.contains(id),
+        })
+        .collect()
+}
+
+/// Runs a membership change on the leader, wherever that is.
+async fn change(node: &super::Node, change: MembershipChange) -> Result<(), Status> {
+    match node.route().await? {
+        Route::Here => membership::apply_change(&node.raft, change).await,
+        Route::Leader(leader) => {
+            let mut client = node
+                .peers
+                .client(&leader)
+                .map_err(|_| super::errors::no_leader())?;
+            let message = raft::encode_peer_message(&change)
+                .map_err(|e| Status::internal(format!("cairn: cannot encode the change: {e}")))?;
+            let reply = client
+                .change_membership(message)
+                .await
+                .map_err(super::errors::from_peer_status)?;
+            let outcome: ChangeOutcome = raft::decode_peer_message(reply.get_ref())
+                .map_err(|e| Status::internal(format!("cairn: undecodable answer: {e}")))?;
+            outcome.map_err(|(code, message)| Status::new(tonic::Code::from_i32(code), message))
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _request: Request<MemberAddRequest>,
+        request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(needs_multi_member())
+        let request = request.into_inner();
+        if request.peer_ur_ls.is_empty() {
+            return Err(Status::invalid_argument(
+                "etcdserver: peer URLs are not provided",
+            ));
+        }
+        for url in &request.peer_ur_ls {
+            url::Url::parse(url).map_err(|e| {
+                Status::invalid_argument(format!("etcdserver: invalid peer URL {url:?}: {e}"))
+            })?;
+        }
+        let id = crate::config::member_id(&request.peer_ur_ls, &self.node.cluster_token);
+        let member = raft::Member {
+            name: String::new(),
+            peer_urls: request.peer_ur_ls.clone(),
+            client_urls: Vec::new(),
+            wants_vote: !request.is_learner,
+        };
+        change(&self.node, MembershipChange::Add { id, member }).await?;
+        Ok(Response::new(MemberAddResponse {
+            header: self.header(),
+            member: Some(Member {
+                id,
+                name: String::new(),
+                peer_ur_ls: request.peer_ur_ls,
+                client_ur_ls: Vec::new(),
+                is_learner: request.is_learner,
+            }),
+            members: members(&self.node),
+        }))
     }
 
     async fn member_remove(
         &self,
-        _request: Request<MemberRemoveRequest>,
+        request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(needs_multi_member())
+        let id = request.into_inner().id;
+        change(&self.node, MembershipChange::Remove { id }).await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.header(),
+            members: members(&self.node),
+        }))
     }
 
     async fn member_update(
         &self,
-        _request: Request<MemberUpdateRequest>,
+        request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(needs_multi_member())
+        let request = request.into_inner();
+        let current = self
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&request.id)
+            .cloned()
+            .ok_or_else(membership::member_not_found)?;
+        let member = raft::Member {
+            peer_urls: request.peer_ur_ls,
+            ..current
+        };
+        change(
+            &self.node,
+            MembershipChange::Update {
+                id: request.id,
+                member,
+            },
+        )
+        .await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.header(),
+            members: members(&self.node),
+        }))
     }
 
     async fn member_list(
@@ -73,15 +163,94 @@ impl Cluster for ClusterService {
             self.node.read_barrier().await?;
         }
         Ok(Response::new(MemberListResponse {
-            header: Some(self.node.header(self.node.store.current_revision())),
-            members: self.members(),
+            header: self.header(),
+            members: members(&self.node),
         }))
     }
 
     async fn member_promote(
         &self,
-        _request: Request<MemberPromoteRequest>,
+        request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(needs_multi_member())
+        let id = request.into_inner().id;
+        change(&self.node, MembershipChange::Promote { id }).await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.header(),
+            members: members(&self.node),
+        }))
     }
+}
+
+/// Keeps this member's place in the cluster up to date, for as long as it runs:
+/// publishes its name and client URLs once it has joined (etcd's published attributes), lets
+/// the leader promote caught-up learners, and stops the member once it has been removed.
+pub async fn maintain_membership(
+    node: SharedNode,
+    own: raft::Member,
+    auto_promote: bool,
+    stop: watch::Sender<bool>,
+) {
+    let mut was_member = false;
+    let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
+    loop {
+        ticks.tick().await;
+        let (listed, is_leader) = {
+            let metrics = node.raft.metrics();
+            let metrics = metrics.borrow();
+            let listed = metrics
+                .membership_config
+                .membership()
+                .get_node(&node.member_id)
+                .cloned();
+            (listed, metrics.current_leader == Some(node.member_id))
+        };
+        match listed {
+            Some(listed) => {
+                was_member = true;
+                if listed.name != own.name || listed.client_urls != own.client_urls {
+                    let member = raft::Member {
+                        name: own.name.clone(),
+                        client_urls: own.client_urls.clone(),
+                        ..listed
+                    };
+                    let published = change(
+                        &node,
+                        MembershipChange::Update {
+                            id: node.member_id,
+                            member,
+                        },
+                    )
+                    .await;
+                    if let Err(error) = published {
+                        tracing::debug!(%error, "publishing member attributes failed; will retry");
+                    }
+                }
+            }
+            None if was_member => {
+                tracing::warn!(
+                    member_id = %format!("{:x}", node.member_id),
+                    "this member has been removed from the cluster; stopping"
+                );
+                let _ = stop.send(true);
+                return;
+            }
+            None => {}
+        }
+        if is_leader {
+            if let Err(error) = membership::promote_learners(&node.raft, auto_promote).await {
+                tracing::debug!(%error, "promoting learners failed; will retry");
+            }
+        }
+    }
+}
+
+/// The ids of the members that vote.
+pub fn voter_ids(node: &super::Node) -> Vec<MemberId> {
+    node.raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect()
 }

@@ -7,7 +7,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::SharedNode;
-use crate::proto::cairnpb::{raft_request, raft_response};
+use crate::proto::cairnpb::{raft_request, raft_response, CampaignRequest};
 use crate::proto::etcdserverpb::{
     alarm_request::AlarmAction, maintenance_server::Maintenance, AlarmMember, AlarmRequest,
     AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse, DowngradeRequest,
@@ -27,6 +27,10 @@ impl MaintenanceService {
     pub fn new(node: SharedNode) -> Self {
         MaintenanceService { node }
     }
+}
+
+fn leader_transfer_timeout() -> Status {
+    Status::unavailable("etcdserver: request timed out, leader transfer took too long")
 }
 
 /// etcd prints alarms in Status.errors in protobuf text form.
@@ -151,11 +155,75 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _request: Request<MoveLeaderRequest>,
+        request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(Status::unimplemented(
-            "cairn: move-leader needs a multi-member cluster, which this build does not run",
-        ))
+        let target = request.into_inner().target_id;
+        let node = &self.node;
+        if node.raft.metrics().borrow().state != openraft::ServerState::Leader {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        let respond = || {
+            Ok(Response::new(MoveLeaderResponse {
+                header: Some(node.header(node.store.current_revision())),
+            }))
+        };
+        if target == node.member_id {
+            return respond();
+        }
+        if !super::cluster::voter_ids(node).contains(&target) {
+            return Err(Status::failed_precondition(
+                "etcdserver: bad leader transferee",
+            ));
+        }
+        let deadline = node.election_timeout * 10;
+        let give_up = tokio::time::Instant::now() + deadline;
+        // The transferee must hold every entry before it campaigns, or it cannot win.
+        let mut metrics = node.raft.metrics();
+        let caught_up = tokio::time::timeout(
+            deadline,
+            metrics.wait_for(|metrics| {
+                let last = metrics.last_log_index;
+                metrics.replication.as_ref().is_some_and(|replication| {
+                    replication
+                        .get(&target)
+                        .is_some_and(|matched| matched.map(|id| id.index) == last)
+                })
+            }),
+        )
+        .await
+        .is_ok_and(|waited| waited.is_ok());
+        if !caught_up {
+            return Err(leader_transfer_timeout());
+        }
+        let transferee = {
+            let current = metrics.borrow();
+            current
+                .membership_config
+                .membership()
+                .get_node(&target)
+                .cloned()
+        }
+        .ok_or_else(|| Status::failed_precondition("etcdserver: bad leader transferee"))?;
+        let mut client = node
+            .peers
+            .client(&transferee)
+            .map_err(|_| leader_transfer_timeout())?;
+        // Silent, this leader's lease runs out on the followers, and the transferee's
+        // campaign succeeds; it also must not campaign itself meanwhile.
+        node.raft.runtime_config().heartbeat(false);
+        node.raft.runtime_config().elect(false);
+        let remaining = give_up.saturating_duration_since(tokio::time::Instant::now());
+        let campaign = client
+            .campaign(CampaignRequest {
+                deadline_ms: remaining.as_millis() as u64,
+            })
+            .await;
+        node.raft.runtime_config().heartbeat(true);
+        node.raft.runtime_config().elect(true);
+        match campaign {
+            Ok(reply) if reply.get_ref().elected => respond(),
+            _ => Err(leader_transfer_timeout()),
+        }
     }
 
     async fn downgrade(

@@ -48,13 +48,15 @@ pub struct Node {
     pub store: Store,
     pub log: crate::raft::LogStore,
     pub peers: Peers,
+    pub cluster_token: String,
+    pub election_timeout: Duration,
     pub limits: Limits,
     /// How long a request waits for a leader to be elected before it fails with "no leader".
     pub leader_wait: Duration,
 }
 
 /// Where a request that needs the leader goes.
-enum Route {
+pub enum Route {
     Here,
     Leader(Member),
 }
@@ -115,7 +117,7 @@ impl Node {
     }
 
     /// The leader to send a request to, waiting a while for an election to finish.
-    async fn route(&self) -> Result<Route, Status> {
+    pub async fn route(&self) -> Result<Route, Status> {
         let mut metrics = self.raft.metrics();
         let leader = tokio::time::timeout(
             self.leader_wait,

@@ -3,6 +3,7 @@
 //! Built in the order openraft expects: log store, state machine, network, then `Raft::new`.
 
 mod log_store;
+pub mod membership;
 mod network;
 mod peer_service;
 mod state_machine;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use log_store::LogStore;
-pub use network::Peers;
+pub use network::{decode as decode_peer_message, encode as encode_peer_message, Peers};
 pub use peer_service::PeerService;
 pub use types::{Applied, Member, MemberId, Proposal, Raft, TypeConfig};
 
@@ -79,7 +80,9 @@ pub async fn start(
         cluster_name: "cairn".into(),
         heartbeat_interval: heartbeat,
         election_timeout_min: election,
-        election_timeout_max: election * 2,
+        // openraft's leader lease is the maximum: keep it short so a dead leader is replaced
+        // within about two election timeouts.
+        election_timeout_max: election + election / 2,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_count),
         max_in_snapshot_log_to_keep: settings.catch_up_entries,
         ..Default::default()

@@ -4,11 +4,13 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use tonic::{Request, Response, Status};
 
+use super::membership::{self, ChangeOutcome, MembershipChange};
 use super::network::{decode, encode};
 use super::types::{Applied, MemberId, Proposal, Raft, TypeConfig};
 use crate::proto::cairnpb::peer_server::Peer;
 use crate::proto::cairnpb::{
-    ProposeResponse, RaftMessage, RaftRequest, ReadIndexRequest, ReadIndexResponse,
+    CampaignRequest, CampaignResponse, ProposeResponse, RaftMessage, RaftRequest, ReadIndexRequest,
+    ReadIndexResponse,
 };
 
 pub struct PeerService {
@@ -90,5 +92,25 @@ impl Peer for PeerService {
             }
             Err(error) => Err(crate::api::errors::from_read_error(error)),
         }
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let change: MembershipChange = decode(request.get_ref()).map_err(bad_message)?;
+        let outcome: ChangeOutcome = membership::apply_change(&self.raft, change)
+            .await
+            .map_err(|status| (status.code() as i32, status.message().to_owned()));
+        reply(&outcome)
+    }
+
+    async fn campaign(
+        &self,
+        request: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
+        let deadline = std::time::Duration::from_millis(request.get_ref().deadline_ms);
+        let elected = membership::campaign(&self.raft, deadline).await;
+        Ok(Response::new(CampaignResponse { elected }))
     }
 }

@@ -34,6 +34,9 @@ pub struct Member {
     pub name: String,
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
+    /// Added as a voter (etcd's MemberAdd without `--learner`): it joins as a learner and is
+    /// promoted as soon as it has caught up, so adding it never stalls the cluster.
+    pub wants_vote: bool,
 }
 
 /// A client request replicated through the log. It travels as its protobuf encoding so that
