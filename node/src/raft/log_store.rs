@@ -129,16 +129,13 @@ impl LogStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn send(&self, op: WriteOp) -> Result<(), StorageError> {
+    fn send(&self, op: WriteOp) -> io::Result<()> {
         self.shared
             .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .send(op)
-            .map_err(|_| {
-                StorageIOError::write_logs(&io::Error::other("the raft log writer has stopped"))
-                    .into()
-            })
+            .map_err(|_| io::Error::other("the raft log writer has stopped"))
     }
 
     async fn save_meta(&self, key: &'static str, record: Vec<u8>) -> Result<(), io::Error> {
@@ -147,8 +144,7 @@ impl LogStore {
             key,
             record,
             done: Some(done),
-        })
-        .map_err(io::Error::other)?;
+        })?;
         wait.await
             .map_err(|_| io::Error::other("the raft log writer has stopped"))?
     }
@@ -210,8 +206,12 @@ fn write_batch(db: &Database, ops: &[WriteOp]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
-    postcard::to_allocvec(value).map_err(|e| StorageIOError::write_logs(&e).into())
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_allocvec(value)
+}
+
+fn write_error(error: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_logs(&error).into()
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -251,7 +251,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let record = encode(vote)?;
+        let record = encode(vote).map_err(write_error)?;
         self.save_meta(VOTE_KEY, record)
             .await
             .map_err(|e| StorageIOError::write_vote(&e))?;
@@ -265,13 +265,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not waited for: the committed index only saves re-applying entries after a restart.
-        let record = encode(&committed)?;
+        let record = encode(&committed).map_err(write_error)?;
         self.memory().committed = committed;
         self.send(WriteOp::Meta {
             key: COMMITTED_KEY,
             record,
             done: None,
         })
+        .map_err(write_error)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -292,7 +293,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut memory = self.memory();
             for entry in entries {
                 let index = entry.get_log_id().index;
-                records.push((index, encode(&entry)?));
+                records.push((index, encode(&entry).map_err(write_error)?));
                 memory.entries.insert(index, entry);
             }
         }
@@ -300,6 +301,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             entries: records,
             flushed: callback,
         })
+        .map_err(write_error)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -307,10 +309,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.send(WriteOp::Truncate {
             since: log_id.index,
         })
+        .map_err(write_error)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let record = encode(&log_id)?;
+        let record = encode(&log_id).map_err(write_error)?;
         {
             let mut memory = self.memory();
             memory.entries = memory.entries.split_off(&(log_id.index + 1));
@@ -320,5 +323,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             upto: log_id.index,
             record,
         })
+        .map_err(write_error)
     }
 }

@@ -1,0 +1,124 @@
+//! The leader dies (SIGKILL): the others elect a new one within a few election timeouts,
+//! writes go on, no acknowledged write is lost, and the dead member catches up on restart.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use etcd_client::{Client, GetOptions};
+
+use crate::harness::{
+    expect_ok, poll, retry, within, Cluster, ClusterSpec, ELECTION_TIMEOUT, REQUEST_TIMEOUT,
+};
+
+/// Acknowledged writes wanted before the kill, and again after the new election.
+const WRITES_PER_PHASE: usize = 30;
+
+/// Election timeouts a new leader may take to appear after the old one dies.
+const ELECTION_TIMEOUTS_TO_NEW_LEADER: u32 = 10;
+
+/// Writes `w/00000`, `w/00001`, ... one at a time through `client` until `stop`, counting
+/// the acknowledged ones in `acknowledged`; returns the acknowledged keys. A write that
+/// fails is not retried: its key may or may not exist afterwards.
+async fn write_until_stopped(
+    client: Client,
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<AtomicUsize>,
+) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut sequence = 0_u32;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("w/{sequence:05}");
+        let mut client = client.clone();
+        if within(REQUEST_TIMEOUT, client.put(key.as_str(), key.as_str(), None))
+            .await
+            .is_ok()
+        {
+            keys.push(key);
+            acknowledged.fetch_add(1, Ordering::Relaxed);
+        }
+        sequence += 1;
+    }
+    keys
+}
+
+/// Waits until `counter` reaches `target`.
+async fn wait_for_count(counter: &AtomicUsize, target: usize, what: &str) {
+    expect_ok(
+        poll(what, || async {
+            let count = counter.load(Ordering::Relaxed);
+            if count >= target {
+                Ok(())
+            } else {
+                Err(format!("{count} of {target}"))
+            }
+        })
+        .await,
+    );
+}
+
+#[tokio::test]
+async fn killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
+    let mut cluster = Cluster::start(ClusterSpec::new(3)).await;
+    let old_leader = cluster.leader().await;
+    let old_leader_id = cluster.member(old_leader).id();
+    let survivors: Vec<usize> = (0..cluster.len()).filter(|&i| i != old_leader).collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_until_stopped(
+        cluster.member(survivors[0]).client().await,
+        stop.clone(),
+        acknowledged.clone(),
+    ));
+    wait_for_count(&acknowledged, WRITES_PER_PHASE, "writes before the kill").await;
+
+    cluster.member_mut(old_leader).kill9();
+    let killed_at = Instant::now();
+    let new_leader = cluster.leader_among(&survivors).await;
+    let election = killed_at.elapsed();
+    assert_ne!(cluster.member(new_leader).id(), old_leader_id);
+    println!("new leader {} after {election:?}", cluster.member(new_leader).name());
+    assert!(
+        election <= ELECTION_TIMEOUT * ELECTION_TIMEOUTS_TO_NEW_LEADER,
+        "the new leader took {election:?}, more than {ELECTION_TIMEOUTS_TO_NEW_LEADER} \
+         election timeouts"
+    );
+
+    let after_election = acknowledged.load(Ordering::Relaxed);
+    wait_for_count(
+        &acknowledged,
+        after_election + WRITES_PER_PHASE,
+        "writes after the election",
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.await.expect("the writer task");
+
+    for &index in &survivors {
+        let client = cluster.member(index).client().await;
+        let stored = expect_ok(
+            retry("a linearizable read of every written key", || {
+                let mut client = client.clone();
+                async move { client.get("w/", Some(GetOptions::new().with_prefix())).await }
+            })
+            .await,
+        );
+        let stored: Vec<(&[u8], &[u8])> =
+            stored.kvs().iter().map(|kv| (kv.key(), kv.value())).collect();
+        let lost: Vec<&String> = written
+            .iter()
+            .filter(|key| !stored.contains(&(key.as_bytes(), key.as_bytes())))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{} of {} acknowledged writes missing on {}: {lost:?}",
+            lost.len(),
+            written.len(),
+            cluster.member(index).name()
+        );
+    }
+
+    cluster.member_mut(old_leader).restart().await;
+    cluster.assert_converged(&[0, 1, 2]).await;
+}
