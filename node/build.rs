@@ -7,6 +7,8 @@ const PROTOS: &[&str] = &[
     "mvccpb/kv.proto",
     "authpb/auth.proto",
     "etcdserverpb/rpc.proto",
+    "v3lockpb/v3lock.proto",
+    "v3electionpb/v3election.proto",
     "cairnpb/raft.proto",
     "cairnpb/peer.proto",
 ];

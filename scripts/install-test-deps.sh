@@ -28,6 +28,8 @@ need etcdctl etcd-client
 # they import protobuf's well-known types.
 need protoc protobuf-compiler
 need_file /usr/include/google/protobuf/descriptor.proto libprotobuf-dev
+# `ip` (network namespaces, veth pairs, bridges) for the cluster partition tests.
+need ip iproute2
 
 if [ "${#missing_packages[@]}" -eq 0 ]; then
     echo "install-test-deps: all test tools present"

@@ -92,6 +92,16 @@ pub struct ServerArgs {
     #[arg(long, env = "CAIRN_AUTO_PROMOTE_LEARNERS", default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_promote_learners: bool,
 
+    /// Time (in milliseconds) between progress notifications to watchers that asked for
+    /// them (etcd's `--experimental-watch-progress-notify-interval`; 0 = 10 minutes, at
+    /// least 100 ms).
+    #[arg(
+        long,
+        env = "CAIRN_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value_t = 600_000
+    )]
+    pub watch_progress_notify_interval: u64,
+
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "CAIRN_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -149,6 +159,7 @@ pub struct ServerConfig {
     pub auto_promote_learners: bool,
     pub limits: Limits,
     pub raft: RaftSettings,
+    pub watch_progress_notify_interval: Duration,
     pub log_level: String,
 }
 
@@ -327,6 +338,10 @@ impl ServerArgs {
                 election_timeout: Duration::from_millis(self.election_timeout),
                 snapshot_count: self.snapshot_count.max(1),
                 ..RaftSettings::default()
+            },
+            watch_progress_notify_interval: match self.watch_progress_notify_interval {
+                0 => crate::api::watch::DEFAULT_PROGRESS_INTERVAL,
+                millis => Duration::from_millis(millis),
             },
             log_level: self.log_level.clone(),
         })

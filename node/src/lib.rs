@@ -10,7 +10,10 @@
 //! - [`api`]: one file per etcd gRPC service; thin adapters from protobuf to Raft and the store.
 //! - [`raft`]: openraft wiring: the type config, the redb log with group commit, the state
 //!   machine that applies committed entries to the store, the peer network.
-//! - [`store`]: the MVCC store on redb (revisions, history, compaction, alarms).
+//! - [`store`]: the MVCC store on redb (revisions, history, compaction, alarms, leases).
+//! - [`lease`]: the lessor: lease deadlines on the leader, expiry proposed through Raft.
+//! - [`watch`]: the watch hub: pushes each applied batch's events to synced watchers and
+//!   catches slow or replaying watchers up from the store's history.
 //! - [`config`]: etcd-named flags, environment variables and the config file.
 //! - [`server`]: starts a member and serves the client listeners until shut down.
 //! - [`bench`]: `cairn bench`, an etcd `benchmark`-style load generator for any etcd endpoint.
@@ -18,7 +21,9 @@
 pub mod api;
 pub mod bench;
 pub mod config;
+pub mod lease;
 pub mod proto;
 pub mod raft;
 pub mod server;
 pub mod store;
+pub mod watch;

@@ -2,19 +2,25 @@
 //! shutdown when the given future completes.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::{cluster::ClusterService, kv::KvService, maintenance::MaintenanceService, Node};
+use crate::api::watch::{WatchService, WatchSettings};
+use crate::api::{
+    cluster::ClusterService, kv::KvService, lease::LeaseService, maintenance::MaintenanceService,
+    Node, NodeParts,
+};
 use crate::config::ServerConfig;
+use crate::lease::Lessor;
 use crate::proto::cairnpb::peer_server::PeerServer;
 use crate::proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::raft::{PeerService, Peers};
+use crate::watch::{HubLimits, WatchHub};
 
 /// etcd lets a gRPC message exceed `--max-request-bytes` by this much so the request itself,
 /// not the transport, answers "request is too large".
@@ -64,16 +70,27 @@ pub async fn run(
         &config.raft,
     )
     .await?;
-    let node = Arc::new(Node {
+    // Fed by every batch this member applies, as leader or follower.
+    let watch_hub = WatchHub::attach(raft_node.store.clone(), HubLimits::default());
+    let lessor = Lessor::new(
+        raft_node.raft.clone(),
+        raft_node.proposer.clone(),
+        raft_node.store.clone(),
+        config.member_id,
+        config.raft.election_timeout,
+    );
+    let node = Node::start(NodeParts {
         member_id: config.member_id,
         cluster_id: config.cluster_id,
         raft: raft_node.raft.clone(),
+        proposer: raft_node.proposer.clone(),
         store: raft_node.store.clone(),
         log: raft_node.log.clone(),
         peers,
         cluster_token: config.cluster_token.clone(),
         election_timeout: config.raft.election_timeout,
         limits: config.limits.clone(),
+        lessor: lessor.clone(),
         leader_wait: config.raft.election_timeout * 3,
     });
 
@@ -85,6 +102,8 @@ pub async fn run(
             let _ = stop_tx.send(true);
         });
     }
+
+    let lease_expiry = tokio::spawn(lessor.clone().run(stop_rx.clone()));
 
     let membership_upkeep = tokio::spawn(crate::api::cluster::maintain_membership(
         node.clone(),
@@ -112,15 +131,23 @@ pub async fn run(
     };
 
     let max_decoding = config.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let watch_settings = WatchSettings {
+        progress_interval: config.watch_progress_notify_interval,
+        fragment_bytes: max_decoding,
+    };
     let mut servers = Vec::new();
     for listener in listeners.peers {
         let addr = listener.local_addr()?;
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(
-                PeerServer::new(PeerService::new(node.raft.clone()))
-                    .max_decoding_message_size(usize::MAX)
-                    .max_encoding_message_size(usize::MAX),
+                PeerServer::new(PeerService::new(
+                    node.raft.clone(),
+                    node.proposer.clone(),
+                    lessor.clone(),
+                ))
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
             );
         let mut stop = stop_rx.clone();
         servers.push(tokio::spawn(async move {
@@ -146,6 +173,21 @@ pub async fn run(
             .add_service(
                 ClusterServer::new(ClusterService::new(node.clone()))
                     .max_decoding_message_size(max_decoding),
+            )
+            .add_service(
+                LeaseServer::new(LeaseService::new(node.clone()))
+                    .max_decoding_message_size(max_decoding),
+            )
+            .add_service(
+                // Its streams end when `stop_rx` turns, so the graceful shutdown below
+                // does not wait for them.
+                WatchServer::new(WatchService::new(
+                    node.clone(),
+                    watch_hub.clone(),
+                    watch_settings,
+                    stop_rx.clone(),
+                ))
+                .max_decoding_message_size(max_decoding),
             );
         let mut stop = stop_rx.clone();
         servers.push(tokio::spawn(async move {
@@ -183,6 +225,7 @@ pub async fn run(
     let _ = node.raft.shutdown().await;
     let _ = syncer.await;
     membership_upkeep.abort();
+    lease_expiry.abort();
     let store = node.store.clone();
     tokio::task::spawn_blocking(move || store.sync()).await??;
     tracing::info!("stopped");

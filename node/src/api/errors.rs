@@ -18,6 +18,10 @@ pub fn lease_provided() -> Status {
     Status::new(Code::InvalidArgument, "etcdserver: lease is provided")
 }
 
+pub fn lease_not_found() -> Status {
+    Status::new(Code::NotFound, "etcdserver: requested lease not found")
+}
+
 pub fn too_many_ops() -> Status {
     Status::new(
         Code::InvalidArgument,

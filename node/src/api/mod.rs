@@ -4,8 +4,11 @@
 pub mod cluster;
 pub mod errors;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
+mod read_index;
 mod txn_check;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +22,7 @@ use crate::proto::cairnpb::{raft_request, raft_response, RaftRequest};
 use crate::proto::etcdserverpb::{
     alarm_request::AlarmAction, AlarmRequest, AlarmType, ResponseHeader,
 };
-use crate::raft::{Applied, Member, MemberId, Peers, Proposal, Raft};
+use crate::raft::{Applied, Member, MemberId, Peers, Proposer, Raft};
 use crate::store::Store;
 
 /// Limits an operator sets, with etcd's defaults.
@@ -45,12 +48,15 @@ pub struct Node {
     pub member_id: MemberId,
     pub cluster_id: u64,
     pub raft: Raft,
+    pub proposer: Proposer,
     pub store: Store,
     pub log: crate::raft::LogStore,
     pub peers: Peers,
     pub cluster_token: String,
     pub election_timeout: Duration,
     pub limits: Limits,
+    pub read_index: read_index::ReadIndexBatcher,
+    pub lessor: crate::lease::Lessor,
     /// How long a request waits for a leader to be elected before it fails with "no leader".
     pub leader_wait: Duration,
 }
@@ -62,6 +68,43 @@ pub enum Route {
 }
 
 pub type SharedNode = Arc<Node>;
+
+/// What a `Node` is made of, before its background rounds start.
+pub struct NodeParts {
+    pub member_id: MemberId,
+    pub cluster_id: u64,
+    pub raft: Raft,
+    pub proposer: Proposer,
+    pub store: Store,
+    pub log: crate::raft::LogStore,
+    pub peers: Peers,
+    pub cluster_token: String,
+    pub election_timeout: Duration,
+    pub limits: Limits,
+    pub lessor: crate::lease::Lessor,
+    pub leader_wait: Duration,
+}
+
+impl Node {
+    /// Builds the shared node and starts its read-index rounds.
+    pub fn start(parts: NodeParts) -> SharedNode {
+        Arc::new_cyclic(|node| Node {
+            member_id: parts.member_id,
+            cluster_id: parts.cluster_id,
+            raft: parts.raft,
+            proposer: parts.proposer,
+            store: parts.store,
+            log: parts.log,
+            peers: parts.peers,
+            cluster_token: parts.cluster_token,
+            election_timeout: parts.election_timeout,
+            limits: parts.limits,
+            read_index: read_index::ReadIndexBatcher::start(node.clone()),
+            lessor: parts.lessor,
+            leader_wait: parts.leader_wait,
+        })
+    }
+}
 
 impl Node {
     /// etcd's response header; `revision` is the store revision the answer reflects.
@@ -87,8 +130,8 @@ impl Node {
             return Err(errors::request_too_large());
         }
         let applied = match self.route().await? {
-            Route::Here => match self.raft.client_write(Proposal(proposal.clone())).await {
-                Ok(written) => written.data,
+            Route::Here => match self.proposer.propose(proposal.clone()).await {
+                Ok(applied) => applied,
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                     match forward.leader_node {
                         Some(leader) => self.forward(&leader, proposal).await?,
@@ -147,6 +190,17 @@ impl Node {
     /// following local read is linearizable: the leader confirms its commit index with a
     /// quorum (read index), then this member waits to have applied up to it.
     pub async fn read_barrier(&self) -> Result<(), Status> {
+        let read_index = self.read_index.read_index().await?;
+        self.raft
+            .wait(Some(self.leader_wait))
+            .applied_index_at_least(Some(read_index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|_| errors::timeout())
+    }
+
+    /// One read-index round: the leader's commit index, confirmed by a quorum.
+    async fn fetch_read_index(&self) -> Result<u64, Status> {
         let read_index = match self.route().await? {
             Route::Here => match self.raft.get_read_log_id().await {
                 Ok((read_log_id, _)) => read_log_id.map_or(0, |id| id.index),
@@ -160,12 +214,7 @@ impl Node {
             },
             Route::Leader(leader) => self.remote_read_index(&leader).await?,
         };
-        self.raft
-            .wait(Some(self.leader_wait))
-            .applied_index_at_least(Some(read_index), "linearizable read")
-            .await
-            .map(|_| ())
-            .map_err(|_| errors::timeout())
+        Ok(read_index)
     }
 
     async fn remote_read_index(&self, leader: &Member) -> Result<u64, Status> {

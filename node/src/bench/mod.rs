@@ -5,6 +5,7 @@
 
 mod keys;
 mod report;
+mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -90,6 +91,23 @@ pub enum Workload {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
         txn_ops: u64,
     },
+    /// Benchmark watch delivery: watchers of the whole key space, one writer making --total
+    /// puts; reports events delivered per second and put-to-watcher latency (--clients is
+    /// not used).
+    Watch {
+        /// Watchers, spread evenly over the streams.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+        watchers: u32,
+        /// Watch streams (gRPC Watch calls), spread over the connections.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+        streams: u32,
+        /// Puts per second the writer aims at (0: as fast as one writer goes).
+        #[arg(long, default_value_t = 0)]
+        put_rate: u64,
+        /// Ask for each event's previous key-value.
+        #[arg(long)]
+        prev_kv: bool,
+    },
 }
 
 impl Workload {
@@ -98,6 +116,7 @@ impl Workload {
             Workload::Put => "put",
             Workload::Range { .. } => "range",
             Workload::TxnPut { .. } => "txn-put",
+            Workload::Watch { .. } => "watch",
         }
     }
 }
@@ -131,6 +150,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn execute(args: &BenchArgs) -> anyhow::Result<Summary> {
+    if let Workload::Watch {
+        watchers,
+        streams,
+        put_rate,
+        prev_kv,
+    } = args.workload
+    {
+        let load = watch::WatchLoad {
+            watchers,
+            streams,
+            put_rate,
+            prev_kv,
+        };
+        return watch::execute(args, load).await;
+    }
     let plan = Arc::new(Plan::new(args)?);
     let channels = connect(&args.endpoints, args.conns).await?;
 
@@ -325,6 +359,7 @@ impl Plan {
                     ..Default::default()
                 })
             }
+            Workload::Watch { .. } => unreachable!("the watch workload has its own driver"),
         }
     }
 }

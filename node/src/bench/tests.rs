@@ -301,3 +301,98 @@ async fn an_unreachable_endpoint_fails_before_the_run() {
         "{err}"
     );
 }
+
+#[test]
+fn watch_takes_watchers_streams_rate_and_prev_kv() {
+    let args = parse(&[
+        "watch",
+        "--watchers=1000",
+        "--streams=20",
+        "--put-rate=500",
+        "--prev-kv",
+    ])
+    .unwrap();
+    assert_eq!(
+        args.workload,
+        Workload::Watch {
+            watchers: 1000,
+            streams: 20,
+            put_rate: 500,
+            prev_kv: true,
+        }
+    );
+    assert_eq!(
+        parse(&["watch"]).unwrap().workload,
+        Workload::Watch {
+            watchers: 100,
+            streams: 10,
+            put_rate: 0,
+            prev_kv: false,
+        }
+    );
+    assert!(parse(&["watch", "--watchers=0"]).is_err());
+}
+
+#[tokio::test]
+async fn watch_needs_room_for_the_send_time_and_a_watcher_per_stream() {
+    let short = parse(&["--val-size=4", "watch"]).unwrap();
+    let err = execute(&short).await.unwrap_err().to_string();
+    assert!(err.contains("--val-size must be at least 8"), "{err}");
+    let sparse = parse(&["watch", "--watchers=2", "--streams=3"]).unwrap();
+    let err = execute(&sparse).await.unwrap_err().to_string();
+    assert!(err.contains("--streams 3 exceeds --watchers 2"), "{err}");
+}
+
+/// The watch workload against a real member, started in-process on free ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_delivers_every_put_to_every_watcher_of_a_real_member() {
+    #[derive(clap::Parser)]
+    struct Server {
+        #[command(flatten)]
+        args: crate::config::ServerArgs,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let config = Server::try_parse_from([
+        "cairn",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--listen-client-urls",
+        "http://127.0.0.1:0",
+        "--listen-peer-urls",
+        "http://127.0.0.1:0",
+    ])
+    .unwrap()
+    .args
+    .resolve()
+    .unwrap();
+    let listeners = crate::server::bind(&config).await.unwrap();
+    let endpoint = listeners.clients[0].local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let member = tokio::spawn(crate::server::run(config, listeners, async {
+        let _ = stopped.await;
+    }));
+
+    let args = parse(&[
+        &format!("--endpoints={endpoint}"),
+        "--conns=2",
+        "--total=40",
+        "--key-space-size=5",
+        "--val-size=16",
+        "watch",
+        "--watchers=7",
+        "--streams=3",
+        "--prev-kv",
+    ])
+    .unwrap();
+    let summary = execute(&args).await.unwrap();
+    assert_eq!(summary.workload, "watch");
+    assert_eq!(
+        (summary.succeeded, summary.errors, summary.first_error),
+        (280, 0, None)
+    );
+    assert!(summary.p99_ms > 0.0);
+
+    stop.send(()).unwrap();
+    member.await.unwrap().unwrap();
+}

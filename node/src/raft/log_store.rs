@@ -25,8 +25,8 @@ use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const VOTE_KEY: &str = "vote";
+const LOG_CACHE_BYTES: usize = 8 * 1024 * 1024;
 const PURGED_KEY: &str = "last_purged";
-const COMMITTED_KEY: &str = "committed";
 
 /// The log as openraft sees it: a handle shared by the log storage and its readers.
 #[derive(Clone)]
@@ -46,7 +46,6 @@ struct LogMemory {
     entries: BTreeMap<u64, Entry>,
     last_purged: Option<LogId>,
     vote: Option<Vote>,
-    committed: Option<LogId>,
 }
 
 enum WriteOp {
@@ -64,14 +63,18 @@ enum WriteOp {
     Meta {
         key: &'static str,
         record: Vec<u8>,
-        done: Option<oneshot::Sender<io::Result<()>>>,
+        done: oneshot::Sender<io::Result<()>>,
     },
 }
 
 impl LogStore {
     /// Opens (or creates) the log file and loads the unpurged entries into memory.
     pub fn open(path: &Path) -> anyhow::Result<LogStore> {
-        let db = Database::create(path)?;
+        // Entries are served from memory, so redb's cache (1 GiB by default) only needs to
+        // hold the pages being written.
+        let db = Database::builder()
+            .set_cache_size(LOG_CACHE_BYTES)
+            .create(path)?;
         let mut memory = LogMemory::default();
         {
             let txn = db.begin_write()?;
@@ -93,9 +96,6 @@ impl LogStore {
             }
             if let Some(record) = meta.get(PURGED_KEY)? {
                 memory.last_purged = Some(postcard::from_bytes(record.value())?);
-            }
-            if let Some(record) = meta.get(COMMITTED_KEY)? {
-                memory.committed = postcard::from_bytes(record.value())?;
             }
         }
         let (sender, receiver) = mpsc::channel();
@@ -140,11 +140,7 @@ impl LogStore {
 
     async fn save_meta(&self, key: &'static str, record: Vec<u8>) -> Result<(), io::Error> {
         let (done, wait) = oneshot::channel();
-        self.send(WriteOp::Meta {
-            key,
-            record,
-            done: Some(done),
-        })?;
+        self.send(WriteOp::Meta { key, record, done })?;
         wait.await
             .map_err(|_| io::Error::other("the raft log writer has stopped"))?
     }
@@ -163,14 +159,10 @@ fn write_loop(db: Database, receiver: mpsc::Receiver<WriteOp>) {
             let outcome = result.clone().map_err(io::Error::other);
             match op {
                 WriteOp::Append { flushed, .. } => flushed.log_io_completed(outcome),
-                WriteOp::Meta {
-                    done: Some(done), ..
-                } => {
+                WriteOp::Meta { done, .. } => {
                     let _ = done.send(outcome);
                 }
-                WriteOp::Meta { done: None, .. }
-                | WriteOp::Truncate { .. }
-                | WriteOp::Purge { .. } => {}
+                WriteOp::Truncate { .. } | WriteOp::Purge { .. } => {}
             }
         }
     }
@@ -261,22 +253,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         Ok(self.memory().vote)
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not waited for: the committed index only saves re-applying entries after a restart.
-        let record = encode(&committed).map_err(write_error)?;
-        self.memory().committed = committed;
-        self.send(WriteOp::Meta {
-            key: COMMITTED_KEY,
-            record,
-            done: None,
-        })
-        .map_err(write_error)
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.memory().committed)
     }
 
     async fn append<I>(

@@ -65,15 +65,33 @@ pub fn peer_url_exists() -> Status {
     )
 }
 
-fn write_error(error: RaftError<MemberId, ClientWriteError<MemberId, Member>>) -> Status {
-    match error {
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(
-            ChangeMembershipError::InProgress(_),
-        )) => Status::new(
-            Code::FailedPrecondition,
-            "etcdserver: unhealthy cluster: a membership change is in progress",
-        ),
-        other => crate::api::errors::from_write_error(other),
+/// How long a change waits for the one before it (a client's, a promotion, a member
+/// publishing its attributes) to commit before it gives up as etcd does, "request timed out".
+const CHANGE_WAIT: Duration = Duration::from_secs(10);
+
+/// Pause between two attempts while another membership change is committing.
+const CHANGE_RETRY: Duration = Duration::from_millis(50);
+
+/// Runs one openraft membership change, waiting out a change already in progress.
+async fn change_membership(
+    raft: &Raft,
+    changes: ChangeMembers<MemberId, Member>,
+    retain: bool,
+) -> Result<(), Status> {
+    let give_up = tokio::time::Instant::now() + CHANGE_WAIT;
+    loop {
+        match raft.change_membership(changes.clone(), retain).await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            ))) => {
+                if tokio::time::Instant::now() >= give_up {
+                    return Err(crate::api::errors::timeout());
+                }
+                tokio::time::sleep(CHANGE_RETRY).await;
+            }
+            Err(error) => return Err(crate::api::errors::from_write_error(error)),
+        }
     }
 }
 
@@ -131,9 +149,12 @@ pub async fn apply_change(raft: &Raft, change: MembershipChange) -> Result<(), S
             if taken {
                 return Err(peer_url_exists());
             }
-            raft.add_learner(id, member, false)
-                .await
-                .map_err(write_error)?;
+            change_membership(
+                raft,
+                ChangeMembers::AddNodes(BTreeMap::from([(id, member)])),
+                true,
+            )
+            .await?;
         }
         MembershipChange::Promote { id } => {
             if !known(&id) {
@@ -145,34 +166,38 @@ pub async fn apply_change(raft: &Raft, change: MembershipChange) -> Result<(), S
             if !is_caught_up(raft, id) {
                 return Err(learner_not_ready());
             }
-            raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
-                .await
-                .map_err(write_error)?;
+            change_membership(raft, ChangeMembers::AddVoterIds(BTreeSet::from([id])), true).await?;
         }
         MembershipChange::Remove { id } => {
             if !known(&id) {
                 return Err(member_not_found());
             }
             if voters.contains(&id) {
-                raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                    .await
-                    .map_err(write_error)?;
+                change_membership(
+                    raft,
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+                    false,
+                )
+                .await?;
             } else {
-                raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                    .await
-                    .map_err(write_error)?;
+                change_membership(
+                    raft,
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+                    false,
+                )
+                .await?;
             }
         }
         MembershipChange::Update { id, member } => {
             if !known(&id) {
                 return Err(member_not_found());
             }
-            raft.change_membership(
+            change_membership(
+                raft,
                 ChangeMembers::SetNodes(BTreeMap::from([(id, member)])),
                 true,
             )
-            .await
-            .map_err(write_error)?;
+            .await?;
         }
     }
     Ok(())
@@ -223,10 +248,7 @@ pub async fn promote_learners(raft: &Raft, auto_promote: bool) -> Result<(), Sta
         return Ok(());
     }
     tracing::info!(members = ?promoted.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(), "promoting caught-up learners");
-    raft.change_membership(ChangeMembers::AddVoterIds(promoted), true)
-        .await
-        .map_err(write_error)?;
-    Ok(())
+    change_membership(raft, ChangeMembers::AddVoterIds(promoted), true).await
 }
 
 /// On the member asked to take over (MoveLeader): keeps calling elections until it leads or

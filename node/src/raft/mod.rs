@@ -6,6 +6,7 @@ mod log_store;
 pub mod membership;
 mod network;
 mod peer_service;
+mod proposer;
 mod state_machine;
 pub mod types;
 
@@ -17,7 +18,8 @@ use std::time::Duration;
 pub use log_store::LogStore;
 pub use network::{decode as decode_peer_message, encode as encode_peer_message, Peers};
 pub use peer_service::PeerService;
-pub use types::{Applied, Member, MemberId, Proposal, Raft, TypeConfig};
+pub use proposer::{Proposer, WriteError};
+pub use types::{Applied, AppliedBatch, Member, MemberId, Proposal, Raft, TypeConfig};
 
 use crate::store::Store;
 
@@ -46,6 +48,7 @@ impl Default for RaftSettings {
 /// A running Raft member and the storage behind it.
 pub struct RaftNode {
     pub raft: Raft,
+    pub proposer: Proposer,
     pub log: LogStore,
     pub store: Store,
 }
@@ -108,5 +111,11 @@ pub async fn start(
             tracing::info!(member_id = %format!("{member_id:x}"), "joining an existing cluster");
         }
     }
-    Ok(RaftNode { raft, log, store })
+    let proposer = Proposer::start(raft.clone());
+    Ok(RaftNode {
+        raft,
+        proposer,
+        log,
+        store,
+    })
 }

@@ -6,20 +6,29 @@ use tonic::{Request, Response, Status};
 
 use super::membership::{self, ChangeOutcome, MembershipChange};
 use super::network::{decode, encode};
-use super::types::{Applied, MemberId, Proposal, Raft, TypeConfig};
+use super::proposer::Proposer;
+use super::types::{Applied, MemberId, Raft, TypeConfig};
+use crate::lease::Lessor;
 use crate::proto::cairnpb::peer_server::Peer;
 use crate::proto::cairnpb::{
-    CampaignRequest, CampaignResponse, ProposeResponse, RaftMessage, RaftRequest, ReadIndexRequest,
-    ReadIndexResponse,
+    CampaignRequest, CampaignResponse, LeaseRenewRequest, LeaseRenewResponse, ProposeResponse,
+    RaftMessage, RaftRequest, ReadIndexRequest, ReadIndexResponse,
 };
+use crate::proto::etcdserverpb::{LeaseTimeToLiveRequest, LeaseTimeToLiveResponse};
 
 pub struct PeerService {
     raft: Raft,
+    proposer: Proposer,
+    lessor: Lessor,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft) -> Self {
-        PeerService { raft }
+    pub fn new(raft: Raft, proposer: Proposer, lessor: Lessor) -> Self {
+        PeerService {
+            raft,
+            proposer,
+            lessor,
+        }
     }
 }
 
@@ -62,8 +71,8 @@ impl Peer for PeerService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<ProposeResponse>, Status> {
-        let applied = match self.raft.client_write(Proposal(request.into_inner())).await {
-            Ok(written) => written.data,
+        let applied = match self.proposer.propose(request.into_inner()).await {
+            Ok(applied) => applied,
             // The leader changed while the write was on its way: the forwarding member
             // answers as etcd does and the client retries.
             Err(error) => {
@@ -112,5 +121,21 @@ impl Peer for PeerService {
         let deadline = std::time::Duration::from_millis(request.get_ref().deadline_ms);
         let elected = membership::campaign(&self.raft, deadline).await;
         Ok(Response::new(CampaignResponse { elected }))
+    }
+
+    async fn lease_renew(
+        &self,
+        request: Request<LeaseRenewRequest>,
+    ) -> Result<Response<LeaseRenewResponse>, Status> {
+        let ttl = self.lessor.renew(request.get_ref().id).await?;
+        Ok(Response::new(LeaseRenewResponse { ttl }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let answer = self.lessor.answer_time_to_live(request.get_ref()).await?;
+        Ok(Response::new(answer))
     }
 }

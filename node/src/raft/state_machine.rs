@@ -8,7 +8,8 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 use super::types::{
-    Applied, Entry, LogId, Member, MemberId, StorageError, StoredMembership, TypeConfig,
+    Applied, AppliedBatch, Entry, LogId, Member, MemberId, StorageError, StoredMembership,
+    TypeConfig,
 };
 use crate::store::Store;
 
@@ -61,42 +62,42 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.applied.last_applied, self.applied.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<AppliedBatch>, StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        // Which entries carry a client request, and where its answer goes.
+        // Every client request of every entry goes to the store in one batch; `slots` says
+        // which entry and position each answer belongs to.
         let mut commands = Vec::new();
         let mut slots = Vec::new();
         let mut replies = Vec::new();
         for entry in entries {
             self.applied.last_applied = Some(entry.log_id);
+            let mut reply = AppliedBatch::default();
             match entry.payload {
-                EntryPayload::Blank => replies.push(Applied::Nothing),
+                EntryPayload::Blank => {}
                 EntryPayload::Membership(membership) => {
                     self.applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    replies.push(Applied::Nothing);
                 }
-                EntryPayload::Normal(proposal) => match proposal.0.request {
-                    Some(request) => {
-                        slots.push(replies.len());
-                        commands.push(request);
-                        replies.push(Applied::Nothing);
+                EntryPayload::Normal(proposal) => {
+                    for request in proposal.0.requests {
+                        if let Some(request) = request.request {
+                            slots.push((replies.len(), reply.0.len()));
+                            commands.push(request);
+                        }
+                        reply.0.push(Applied::Nothing);
                     }
-                    None => replies.push(Applied::Rejected {
-                        code: tonic::Code::InvalidArgument as i32,
-                        message: "etcdserver: empty raft request".into(),
-                    }),
-                },
+                }
             }
+            replies.push(reply);
         }
         let record = postcard::to_allocvec(&self.applied).map_err(store_error)?;
         let store = self.store.clone();
         let results = tokio::task::block_in_place(|| store.apply_batch(&commands, &record))
             .map_err(store_error)?;
-        for (slot, result) in slots.into_iter().zip(results) {
-            replies[slot] = match result {
+        for ((entry, position), result) in slots.into_iter().zip(results) {
+            replies[entry].0[position] = match result {
                 Ok(response) => Applied::Response(crate::proto::cairnpb::RaftResponse {
                     response: Some(response),
                 }),

@@ -5,7 +5,7 @@ use std::io::Cursor;
 use prost::Message;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::proto::cairnpb::{RaftRequest, RaftResponse};
+use crate::proto::cairnpb::{RaftBatch, RaftResponse};
 
 /// Identifies a member. It is etcd's member ID, so it is also the Raft node id.
 pub type MemberId = u64;
@@ -14,7 +14,7 @@ openraft::declare_raft_types!(
     /// Cairn's Raft types: entries carry etcd requests, applying them yields etcd responses.
     pub TypeConfig:
         D = Proposal,
-        R = Applied,
+        R = AppliedBatch,
         NodeId = MemberId,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
@@ -39,10 +39,10 @@ pub struct Member {
     pub wants_vote: bool,
 }
 
-/// A client request replicated through the log. It travels as its protobuf encoding so that
-/// the log holds exactly the bytes etcd's own messages would have.
+/// The client requests of one log entry. They travel as their protobuf encoding so that the
+/// log holds exactly the bytes etcd's own messages would have.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Proposal(pub RaftRequest);
+pub struct Proposal(pub RaftBatch);
 
 impl Serialize for Proposal {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -53,19 +53,24 @@ impl Serialize for Proposal {
 impl<'de> Deserialize<'de> for Proposal {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?;
-        RaftRequest::decode(bytes.as_slice())
+        RaftBatch::decode(bytes.as_slice())
             .map(Proposal)
             .map_err(serde::de::Error::custom)
     }
 }
 
-/// The outcome of applying one log entry.
+/// The outcomes of applying one log entry: one per request of its batch (none for blank and
+/// membership entries).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppliedBatch(pub Vec<Applied>);
+
+/// The outcome of applying one client request.
 ///
 /// Errors are kept as a gRPC code and etcd's message: they are deterministic results of the
 /// state machine (a compacted revision, a missing key), decided identically on every member.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
-    /// Blank and membership entries answer nothing.
+    /// Nothing to answer: the request was empty.
     Nothing,
     Response(RaftResponse),
     Rejected {
@@ -125,17 +130,19 @@ impl Applied {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::cairnpb::{raft_request, raft_response};
+    use crate::proto::cairnpb::{raft_request, raft_response, RaftRequest};
     use crate::proto::etcdserverpb::{PutRequest, PutResponse, ResponseHeader};
 
     #[test]
     fn proposal_survives_the_log_encoding() {
-        let proposal = Proposal(RaftRequest {
-            request: Some(raft_request::Request::Put(PutRequest {
-                key: b"k".to_vec(),
-                value: vec![0, 159, 146, 150],
-                ..Default::default()
-            })),
+        let proposal = Proposal(RaftBatch {
+            requests: vec![RaftRequest {
+                request: Some(raft_request::Request::Put(PutRequest {
+                    key: b"k".to_vec(),
+                    value: vec![0, 159, 146, 150],
+                    ..Default::default()
+                })),
+            }],
         });
         let bytes = postcard::to_allocvec(&proposal).unwrap();
         let back: Proposal = postcard::from_bytes(&bytes).unwrap();

@@ -6,15 +6,17 @@
 //! batch's own reads see them. A command that fails undoes what it wrote, so that it changes
 //! nothing, and the batch carries on with the next one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use redb::{Table, WriteTransaction};
+use redb::{ReadableTable, Table, WriteTransaction};
 
-use super::codec::{encode_tombstone, NewVersion, REVISIONS};
+use super::codec::{encode_tombstone, NewVersion, Stored, REVISIONS};
 use super::error::{KvError, StoreError};
+use super::history::to_event;
 use super::index::{
     compaction_cut, Change, Index, IndexView, KeyIndex, KeyMark, KeySpan, Layered, Revision,
 };
+use super::lease::MAX_LEASE_TTL;
 use super::range::{compare_holds, finish_range, plan_range, read_version, read_versions};
 use super::state::{BatchOutcome, State};
 use crate::proto::cairnpb::{raft_request, raft_response};
@@ -22,19 +24,11 @@ use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::{
     request_op, response_op, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
     CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp,
-    TxnRequest, TxnResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest,
+    TxnResponse,
 };
-
-/// Leases do not exist yet, so every lease but "none" (0) is unknown. This is the one place
-/// a put asks about a lease; the lease module will answer here.
-fn ensure_lease_exists(lease: i64) -> Result<(), KvError> {
-    if lease == 0 {
-        Ok(())
-    } else {
-        Err(KvError::LeaseNotFound)
-    }
-}
+use crate::proto::mvccpb::Event;
 
 fn header(revision: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader {
@@ -88,9 +82,17 @@ pub(crate) struct Batch<'s, 't> {
     compact_revision: i64,
     alarms: Vec<AlarmMember>,
     compacted_keys: BTreeSet<Vec<u8>>,
+    /// Leases granted (`Some(ttl)`) or revoked (`None`) by the batch so far.
+    leases: BTreeMap<i64, Option<i64>>,
+    /// Keys the batch put with a lease, by lease. With the published attachments this is a
+    /// superset of a lease's keys (a later change or a rolled-back command may have moved a
+    /// key away), so each is checked against the index before use; it needs no undo.
+    attached: BTreeMap<i64, BTreeSet<Vec<u8>>>,
     /// Changes the command in progress has made: the next sub revision.
     changes: i64,
     undo: Vec<Undo>,
+    /// What the commands applied so far changed, for watchers, in revision order.
+    events: Vec<Event>,
 }
 
 impl<'s, 't> Batch<'s, 't> {
@@ -103,9 +105,17 @@ impl<'s, 't> Batch<'s, 't> {
             compact_revision: base.compact_revision,
             alarms: base.alarms.clone(),
             compacted_keys: BTreeSet::new(),
+            leases: BTreeMap::new(),
+            attached: BTreeMap::new(),
             changes: 0,
             undo: Vec::new(),
+            events: Vec::new(),
         })
+    }
+
+    /// The events of the commands applied so far, in revision order.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
     }
 
     pub fn finish(self) -> BatchOutcome {
@@ -115,6 +125,7 @@ impl<'s, 't> Batch<'s, 't> {
             compact_revision: self.compact_revision,
             alarms: self.alarms,
             compacted_keys: self.compacted_keys,
+            leases: self.leases,
         }
     }
 
@@ -134,9 +145,12 @@ impl<'s, 't> Batch<'s, 't> {
             Request::Txn(txn) => self.txn_command(txn).map(Response::Txn),
             Request::Compaction(compaction) => self.compact(compaction).map(Response::Compaction),
             Request::Alarm(alarm) => Ok(Response::Alarm(self.alarm(alarm))),
+            Request::LeaseGrant(grant) => self.lease_grant(grant).map(Response::LeaseGrant),
+            Request::LeaseRevoke(revoke) => self.lease_revoke(revoke).map(Response::LeaseRevoke),
         };
         match outcome {
             Ok(response) => {
+                self.record_events()?;
                 self.revision = self.view_revision();
                 Ok(Ok(response))
             }
@@ -146,6 +160,29 @@ impl<'s, 't> Batch<'s, 't> {
                 Ok(Err(error))
             }
         }
+    }
+
+    /// Reads back the versions the command just applied stored. Reading them here rather than
+    /// where each is written covers every kind of change at once, and a compaction later in
+    /// the batch cannot take away a tombstone before its event is noted.
+    fn record_events(&mut self) -> Result<(), StoreError> {
+        if self.changes == 0 {
+            return Ok(());
+        }
+        let main = self.revision + 1;
+        let first = Revision { main, sub: 0 }.to_key();
+        let last = Revision {
+            main,
+            sub: self.changes - 1,
+        }
+        .to_key();
+        for entry in self.revisions.range::<&[u8; 16]>(&first..=&last)? {
+            let (revision, stored) = entry?;
+            let revision = Revision::from_key(revision.value());
+            let version = Stored::parse(stored.value(), revision)?;
+            self.events.push(to_event(&version, revision)?);
+        }
+        Ok(())
     }
 
     /// The revision reads see inside the command in progress: its own writes count.
@@ -222,7 +259,7 @@ impl<'s, 't> Batch<'s, 't> {
     }
 
     fn put(&mut self, request: &PutRequest) -> Result<PutResponse, KvError> {
-        ensure_lease_exists(request.lease)?;
+        self.ensure_lease_exists(request.lease)?;
         let previous = if request.prev_kv || request.ignore_value || request.ignore_lease {
             match self.view().visible(&request.key, self.view_revision()) {
                 Some(revision) => Some(read_version(&self.revisions, revision)?),
@@ -267,7 +304,13 @@ impl<'s, 't> Batch<'s, 't> {
             .insert(&revision.to_key(), new.encode_put().as_slice())?;
         self.undo.push(Undo::Stored(revision));
         self.history_for_change(&request.key)
-            .put(revision, create_revision, version);
+            .put(revision, create_revision, version, lease);
+        if lease != 0 {
+            self.attached
+                .entry(lease)
+                .or_default()
+                .insert(request.key.clone());
+        }
         Ok(PutResponse {
             header: header(revision.main),
             prev_kv: previous.filter(|_| request.prev_kv),
@@ -276,11 +319,84 @@ impl<'s, 't> Batch<'s, 't> {
 
     /// `(create_revision, version)` of the key's newest version, if it is live.
     fn live(&self, key: &[u8]) -> Option<(i64, i64)> {
-        // A key's batch history is never empty, and it is newer than the published one.
-        match self.newer.get(key) {
-            Some(history) => history.live(),
-            None => self.base.index.get(key)?.live(),
+        self.newest(key)?.live()
+    }
+
+    /// The key's newest history: a key's batch history is never empty, and it is newer than
+    /// the published one.
+    fn newest(&self, key: &[u8]) -> Option<&KeyIndex> {
+        self.newer.get(key).or_else(|| self.base.index.get(key))
+    }
+
+    /// The TTL of a lease as of the commands applied so far, `None` if it does not exist.
+    fn lease_ttl(&self, id: i64) -> Option<i64> {
+        match self.leases.get(&id) {
+            Some(&change) => change,
+            None => self.base.leases.ttl(id),
         }
+    }
+
+    fn ensure_lease_exists(&self, lease: i64) -> Result<(), KvError> {
+        if lease == 0 || self.lease_ttl(lease).is_some() {
+            Ok(())
+        } else {
+            Err(KvError::LeaseNotFound)
+        }
+    }
+
+    /// etcd's lessor `Grant`: the proposer has already chosen the ID and raised the TTL to
+    /// the minimum, so that every member decides the same.
+    fn lease_grant(&mut self, request: &LeaseGrantRequest) -> Result<LeaseGrantResponse, KvError> {
+        if self.nospace() {
+            return Err(KvError::NoSpace);
+        }
+        if request.id == 0 {
+            return Err(KvError::LeaseNotFound);
+        }
+        if request.ttl > MAX_LEASE_TTL {
+            return Err(KvError::LeaseTtlTooLarge);
+        }
+        if self.lease_ttl(request.id).is_some() {
+            return Err(KvError::LeaseExists);
+        }
+        self.leases.insert(request.id, Some(request.ttl));
+        Ok(LeaseGrantResponse {
+            header: header(self.view_revision()),
+            id: request.id,
+            ttl: request.ttl,
+            error: String::new(),
+        })
+    }
+
+    /// Deletes every key attached to the lease, in key order and all in one revision (as
+    /// etcd's lessor does in one write transaction), then the lease.
+    fn lease_revoke(
+        &mut self,
+        request: &LeaseRevokeRequest,
+    ) -> Result<LeaseRevokeResponse, KvError> {
+        let id = request.id;
+        if self.lease_ttl(id).is_none() {
+            return Err(KvError::LeaseNotFound);
+        }
+        let candidates: BTreeSet<&Vec<u8>> = self
+            .base
+            .leases
+            .keys(id)
+            .chain(self.attached.get(&id).into_iter().flatten())
+            .collect();
+        let doomed: Vec<Vec<u8>> = candidates
+            .into_iter()
+            .filter(|key| self.newest(key).and_then(KeyIndex::live_lease) == Some(id))
+            .cloned()
+            .collect();
+        for key in doomed {
+            self.tombstone(&key)?;
+        }
+        self.attached.remove(&id);
+        self.leases.insert(id, None);
+        Ok(LeaseRevokeResponse {
+            header: header(self.view_revision()),
+        })
     }
 
     fn delete_range(
@@ -301,19 +417,25 @@ impl<'s, 't> Batch<'s, 't> {
         };
         let deleted = doomed.len() as i64;
         for (key, _) in doomed {
-            let revision = self.next_revision();
-            self.revisions.insert(
-                &revision.to_key(),
-                encode_tombstone(&key, revision.main).as_slice(),
-            )?;
-            self.undo.push(Undo::Stored(revision));
-            self.history_for_change(&key).tombstone(revision);
+            self.tombstone(&key)?;
         }
         Ok(DeleteRangeResponse {
             header: header(self.view_revision()),
             deleted,
             prev_kvs,
         })
+    }
+
+    /// Deletes a live key at the next revision of the command in progress.
+    fn tombstone(&mut self, key: &[u8]) -> Result<(), KvError> {
+        let revision = self.next_revision();
+        self.revisions.insert(
+            &revision.to_key(),
+            encode_tombstone(key, revision.main).as_slice(),
+        )?;
+        self.undo.push(Undo::Stored(revision));
+        self.history_for_change(key).tombstone(revision);
+        Ok(())
     }
 
     fn txn_command(&mut self, request: &TxnRequest) -> Result<TxnResponse, KvError> {
@@ -373,7 +495,7 @@ impl<'s, 't> Batch<'s, 't> {
                     {
                         return Err(KvError::KeyNotFound);
                     }
-                    ensure_lease_exists(put.lease)?;
+                    self.ensure_lease_exists(put.lease)?;
                 }
                 Some(request_op::Request::RequestRange(range)) => match range.revision {
                     0 => {}

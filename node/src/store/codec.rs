@@ -15,6 +15,10 @@ pub(crate) const REVISIONS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition:
 /// Store-wide facts, by the names below.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
+/// Lease ID (8 bytes, big-endian) to the lease, see [`encode_lease`]. A lease's keys are not
+/// stored here: they are the live keys whose newest version names the lease.
+pub(crate) const LEASES: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("leases");
+
 pub(crate) const META_REVISION: &str = "revision";
 pub(crate) const META_COMPACT_REVISION: &str = "compact_revision";
 pub(crate) const META_ALARMS: &str = "alarms";
@@ -132,6 +136,19 @@ pub(crate) fn decode_i64(name: &str, bytes: &[u8]) -> Result<i64, StoreError> {
     Ok(i64::from_be_bytes(bytes))
 }
 
+/// A lease's stored form: its granted TTL in seconds, 8 bytes big-endian.
+pub(crate) fn encode_lease(ttl: i64) -> [u8; 8] {
+    ttl.to_be_bytes()
+}
+
+pub(crate) fn decode_lease(id: &[u8; 8], bytes: &[u8]) -> Result<(i64, i64), StoreError> {
+    let id = i64::from_be_bytes(*id);
+    let ttl: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("lease {id:x} is not 8 bytes")))?;
+    Ok((id, i64::from_be_bytes(ttl)))
+}
+
 pub(crate) fn encode_alarms(alarms: &[AlarmMember]) -> Vec<u8> {
     AlarmResponse {
         header: None,
@@ -146,12 +163,13 @@ pub(crate) fn decode_alarms(bytes: &[u8]) -> Result<Vec<AlarmMember>, StoreError
         .map_err(|error| StoreError::Corrupt(format!("alarm list does not decode: {error}")))
 }
 
-/// A snapshot is the two tables entry by entry, then a checksum:
+/// A snapshot is the tables entry by entry, then a checksum:
 /// `MAGIC`, records `[table: u8][key length: u32][key][value length: u32][value]`,
 /// `[END][crc32 of everything before: u32]`, integers big-endian.
 const MAGIC: &[u8; 8] = b"CAIRNSS1";
 const SNAPSHOT_META: u8 = 1;
 const SNAPSHOT_REVISIONS: u8 = 2;
+const SNAPSHOT_LEASES: u8 = 3;
 const END: u8 = 0xff;
 
 /// One entry of a snapshot.
@@ -159,6 +177,7 @@ const END: u8 = 0xff;
 pub(crate) enum SnapshotRecord<'a> {
     Meta(&'a str, &'a [u8]),
     Version(&'a [u8; 16], &'a [u8]),
+    Lease(&'a [u8; 8], &'a [u8]),
 }
 
 pub(crate) struct SnapshotWriter {
@@ -176,6 +195,7 @@ impl SnapshotWriter {
         let (table, key, value) = match record {
             SnapshotRecord::Meta(name, value) => (SNAPSHOT_META, name.as_bytes(), value),
             SnapshotRecord::Version(revision, value) => (SNAPSHOT_REVISIONS, &revision[..], value),
+            SnapshotRecord::Lease(id, value) => (SNAPSHOT_LEASES, &id[..], value),
         };
         self.bytes.push(table);
         for part in [key, value] {
@@ -231,6 +251,11 @@ pub(crate) fn parse_snapshot(snapshot: &[u8]) -> Result<Vec<SnapshotRecord<'_>>,
             SNAPSHOT_REVISIONS => SnapshotRecord::Version(
                 key.try_into()
                     .map_err(|_| invalid("a revision is not 16 bytes"))?,
+                value,
+            ),
+            SNAPSHOT_LEASES => SnapshotRecord::Lease(
+                key.try_into()
+                    .map_err(|_| invalid("a lease ID is not 8 bytes"))?,
                 value,
             ),
             _ => return Err(invalid("unknown table")),
@@ -296,13 +321,17 @@ mod tests {
         writer
             .record(SnapshotRecord::Version(&[1; 16], b"xyz"))
             .unwrap();
+        writer
+            .record(SnapshotRecord::Lease(&[2; 8], &encode_lease(60)))
+            .unwrap();
         let mut snapshot = writer.finish();
         let records = parse_snapshot(&snapshot).unwrap();
         assert_eq!(
             records,
             [
                 SnapshotRecord::Meta("a", b""),
-                SnapshotRecord::Version(&[1; 16], b"xyz")
+                SnapshotRecord::Version(&[1; 16], b"xyz"),
+                SnapshotRecord::Lease(&[2; 8], &60i64.to_be_bytes()),
             ]
         );
         snapshot[10] ^= 1;

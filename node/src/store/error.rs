@@ -32,6 +32,10 @@ pub enum KvError {
     KeyNotFound,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
     /// The storage failed while serving the request (etcd would crash here; Cairn answers
@@ -46,6 +50,8 @@ impl From<KvError> for tonic::Status {
             KvError::Compacted | KvError::FutureRevision => tonic::Code::OutOfRange,
             KvError::KeyNotFound => tonic::Code::InvalidArgument,
             KvError::LeaseNotFound => tonic::Code::NotFound,
+            KvError::LeaseExists => tonic::Code::FailedPrecondition,
+            KvError::LeaseTtlTooLarge => tonic::Code::OutOfRange,
             KvError::NoSpace => tonic::Code::ResourceExhausted,
             KvError::Storage(_) => tonic::Code::Internal,
         };

@@ -51,10 +51,12 @@ pub(crate) struct Change {
 pub(crate) struct KeyIndex {
     /// Ascending by revision.
     changes: Vec<Change>,
-    /// `create_revision` and `version` of the newest put; meaningful while the key is live.
-    /// Kept here so that a put needs no read of the previous version.
+    /// `create_revision`, `version` and `lease` of the newest put; meaningful while the key
+    /// is live. Kept here so that a put needs no read of the previous version, and so that a
+    /// lease's keys follow from the index alone.
     created: i64,
     version: i64,
+    lease: i64,
 }
 
 /// What a failed command must restore for one key (see [`KeyIndex::mark`]).
@@ -63,6 +65,7 @@ pub(crate) struct KeyMark {
     len: usize,
     created: i64,
     version: i64,
+    lease: i64,
 }
 
 impl KeyIndex {
@@ -85,14 +88,21 @@ impl KeyIndex {
         }
     }
 
+    /// The lease of the live version (0: none), `None` if the key is deleted or has no
+    /// change here.
+    pub fn live_lease(&self) -> Option<i64> {
+        self.live().map(|_| self.lease)
+    }
+
     /// Records a put; revisions must arrive in ascending order.
-    pub fn put(&mut self, revision: Revision, created: i64, version: i64) {
+    pub fn put(&mut self, revision: Revision, created: i64, version: i64, lease: i64) {
         self.push(Change {
             revision,
             tombstone: false,
         });
         self.created = created;
         self.version = version;
+        self.lease = lease;
     }
 
     /// Records a delete; revisions must arrive in ascending order.
@@ -120,6 +130,7 @@ impl KeyIndex {
         self.changes.extend(newer.changes);
         self.created = newer.created;
         self.version = newer.version;
+        self.lease = newer.lease;
     }
 
     pub fn mark(&self) -> KeyMark {
@@ -127,6 +138,7 @@ impl KeyIndex {
             len: self.changes.len(),
             created: self.created,
             version: self.version,
+            lease: self.lease,
         }
     }
 
@@ -135,6 +147,7 @@ impl KeyIndex {
         self.changes.truncate(mark.len);
         self.created = mark.created;
         self.version = mark.version;
+        self.lease = mark.lease;
     }
 
     /// Drops the history compaction at `at` removes.
@@ -319,10 +332,10 @@ mod tests {
     #[test]
     fn tombstone_hides_key_until_next_put() {
         let mut history = KeyIndex::default();
-        history.put(rev(2), 2, 1);
-        history.put(rev(3), 2, 2);
+        history.put(rev(2), 2, 1, 0);
+        history.put(rev(3), 2, 2, 0);
         history.tombstone(rev(4));
-        history.put(rev(6), 6, 1);
+        history.put(rev(6), 6, 1, 0);
         assert_eq!(visible_put(history.change_at(1)), None);
         assert_eq!(visible_put(history.change_at(3)), Some(rev(3)));
         assert_eq!(visible_put(history.change_at(5)), None);
@@ -331,13 +344,28 @@ mod tests {
     }
 
     #[test]
+    fn live_lease_follows_the_newest_put_and_a_failed_change_restores_it() {
+        let mut history = KeyIndex::default();
+        assert_eq!(history.live_lease(), None);
+        history.put(rev(2), 2, 1, 7);
+        assert_eq!(history.live_lease(), Some(7));
+        let mark = history.mark();
+        history.put(rev(3), 2, 2, 0);
+        assert_eq!(history.live_lease(), Some(0));
+        history.restore(mark);
+        assert_eq!(history.live_lease(), Some(7));
+        history.tombstone(rev(4));
+        assert_eq!(history.live_lease(), None);
+    }
+
+    #[test]
     fn compaction_keeps_newest_live_version_and_drops_deleted_history() {
         let mut history = KeyIndex::default();
-        history.put(rev(2), 2, 1);
-        history.put(rev(3), 2, 2);
+        history.put(rev(2), 2, 1, 0);
+        history.put(rev(3), 2, 2, 0);
         history.tombstone(rev(4));
-        history.put(rev(6), 6, 1);
-        history.put(rev(7), 6, 2);
+        history.put(rev(6), 6, 1, 0);
+        history.put(rev(7), 6, 2, 0);
 
         let mains = |history: &KeyIndex| -> Vec<i64> {
             history.changes().iter().map(|c| c.revision.main).collect()
@@ -371,9 +399,9 @@ mod tests {
         for (key, main) in [(&b"a"[..], 2), (b"c", 3), (b"d", 4)] {
             base.entry(key.to_vec())
                 .or_default()
-                .put(rev(main), main, 1);
+                .put(rev(main), main, 1, 0);
         }
-        newer.entry(b"b".to_vec()).or_default().put(rev(5), 5, 1);
+        newer.entry(b"b".to_vec()).or_default().put(rev(5), 5, 1, 0);
         newer.entry(b"c".to_vec()).or_default().tombstone(rev(6));
         let view = Layered {
             base: &base,

@@ -5,8 +5,12 @@
 //! - `codec`: the redb tables, how a version is stored, the meta entries, the snapshot format.
 //! - `index`: the in-memory key index (every stored revision of every key), rebuilt at open.
 //! - `state`: what readers consult (index and counters), and how a batch is published.
-//! - `apply`: Raft commands (Put, DeleteRange, Txn, Compaction, Alarm) in one write transaction.
+//! - `apply`: Raft commands (Put, DeleteRange, Txn, Compaction, Alarm, LeaseGrant,
+//!   LeaseRevoke) in one write transaction.
+//! - `lease`: the lease table and each lease's keys (derived from the key index).
 //! - `range`: range and Txn compare semantics, shared by client reads and Txn reads.
+//! - `history`: the events each batch publishes (to a [`ChangeSink`], the watch hub), history
+//!   pages from the revision table, and previous versions for `prev_kv`.
 //! - `error`: [`KvError`] (what clients see, etcd's messages) and [`StoreError`].
 //!
 //! # Reads and writes side by side
@@ -20,24 +24,27 @@
 mod apply;
 mod codec;
 mod error;
+mod history;
 mod index;
+mod lease;
 mod range;
 mod state;
 #[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 
 pub use error::{KvError, StoreError};
+pub use history::{ChangeSink, EventPage};
+pub use lease::{Lease, LeaseChange, MAX_LEASE_TTL};
 
 use apply::Batch;
 use codec::{
-    encode_alarms, encode_i64, parse_snapshot, SnapshotRecord, SnapshotWriter, META, META_ALARMS,
-    META_COMPACT_REVISION, META_RAFT, META_REVISION, REVISIONS,
+    encode_alarms, encode_i64, encode_lease, parse_snapshot, SnapshotRecord, SnapshotWriter,
+    LEASES, META, META_ALARMS, META_COMPACT_REVISION, META_RAFT, META_REVISION, REVISIONS,
 };
 use index::Revision;
 use range::{finish_range, plan_range, read_versions};
@@ -64,8 +71,14 @@ struct Inner {
     writer: Mutex<()>,
     /// Refreshed at open, `sync` and `install_snapshot`: redb measures it by walking the
     /// file's trees, which is too slow for every batch.
-    db_size_in_use: AtomicI64,
+    /// Told about every change to the lease table once it is published (see
+    /// [`Store::observe_leases`]).
+    lease_observer: OnceLock<LeaseObserver>,
+    /// Where published changes go (the watch hub); see [`Store::attach_sink`].
+    sink: OnceLock<std::sync::Weak<dyn ChangeSink>>,
 }
+
+type LeaseObserver = Box<dyn Fn(&[LeaseChange]) + Send + Sync>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,16 +100,23 @@ impl Inner {
     }
 }
 
+/// redb's page cache for the state file.
+const STATE_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 impl Store {
     /// Opens the store in the redb file at `path`, creating it if needed, and rebuilds the key
     /// index from it. After a crash the file holds the last durable state (see [`Store::sync`]);
     /// the Raft log re-applies what followed.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path)?;
+        // redb caches 1 GiB by default; edge boards have far less memory, and the key index
+        // already lives in memory, so the page cache only needs the hot values.
+        let db = Database::builder()
+            .set_cache_size(STATE_CACHE_BYTES)
+            .create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(REVISIONS)?;
         txn.open_table(META)?;
-        let in_use = bytes_in_use(&txn)?;
+        txn.open_table(LEASES)?;
         txn.commit()?;
 
         let state = load_state(&db)?;
@@ -114,7 +134,8 @@ impl Store {
                 path: path.to_path_buf(),
                 state: RwLock::new(state),
                 writer: Mutex::new(()),
-                db_size_in_use: AtomicI64::new(in_use),
+                lease_observer: OnceLock::new(),
+                sink: OnceLock::new(),
             }),
         })
     }
@@ -152,9 +173,20 @@ impl Store {
             .iter()
             .map(|command| batch.apply(command))
             .collect::<Result<Vec<_>, _>>()?;
+        let events = batch.take_events();
         let outcome = batch.finish();
+        let revision = outcome.revision;
         write_meta(&txn, &published, &outcome, raft_meta)?;
+        write_leases(&txn, &outcome.leases)?;
         drop(published);
+        let lease_changes: Vec<LeaseChange> = outcome
+            .leases
+            .iter()
+            .map(|(&id, &ttl)| match ttl {
+                Some(ttl) => LeaseChange::Granted(Lease { id, ttl }),
+                None => LeaseChange::Revoked(id),
+            })
+            .collect();
 
         if outcome.compacted_keys.is_empty() {
             txn.commit()?;
@@ -166,7 +198,45 @@ impl Store {
             txn.commit()?;
             state.publish(outcome, raft_meta);
         }
+        self.notify_lease_changes(&lease_changes);
+        // Still under the writer lock: the sink sees batches in the order they published.
+        if let (false, Some(sink)) = (events.is_empty(), self.inner.sink()) {
+            sink.published(revision, events);
+        }
         Ok(results)
+    }
+
+    /// Registers the one observer of lease changes (the lessor). It is called after each
+    /// batch or snapshot install that changed the lease table, once the change is visible to
+    /// readers, with no store lock held, on the thread that applies Raft entries: it must be
+    /// quick. Returns false if an observer was already registered.
+    pub fn observe_leases(&self, observer: impl Fn(&[LeaseChange]) + Send + Sync + 'static) -> bool {
+        self.inner.lease_observer.set(Box::new(observer)).is_ok()
+    }
+
+    fn notify_lease_changes(&self, changes: &[LeaseChange]) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Some(observer) = self.inner.lease_observer.get() {
+            observer(changes);
+        }
+    }
+
+    /// The lease `id`, if it exists.
+    pub fn lease(&self, id: i64) -> Option<Lease> {
+        let ttl = self.inner.state().leases.ttl(id)?;
+        Some(Lease { id, ttl })
+    }
+
+    /// Every lease, by ID.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.inner.state().leases.iter().collect()
+    }
+
+    /// The keys attached to the lease `id`, in key order (none if it does not exist).
+    pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
+        self.inner.state().leases.keys(id).cloned().collect()
     }
 
     /// A range read at the published state; `header.revision` is the current revision.
@@ -210,9 +280,7 @@ impl Store {
     /// that non-durable commits freed.
     pub fn sync(&self) -> Result<(), StoreError> {
         let txn = self.inner.db.begin_write()?;
-        let in_use = bytes_in_use(&txn)?;
         txn.commit()?;
-        self.inner.db_size_in_use.store(in_use, Ordering::Relaxed);
         Ok(())
     }
 
@@ -228,9 +296,12 @@ impl Store {
         }
     }
 
-    /// Bytes of the state file that hold data, as of the last open, `sync` or snapshot install.
+    /// Bytes of the state file in use. redb can only count its allocated pages by walking
+    /// every tree under the write lock (tens of milliseconds per hundred megabytes, stalling
+    /// every write), so this reports the file size, which redb keeps close to what is in use
+    /// by reusing pages freed at each durable commit.
     pub fn db_size_in_use(&self) -> i64 {
-        self.inner.db_size_in_use.load(Ordering::Relaxed)
+        self.db_size()
     }
 
     /// A CRC-32 over every stored version up to `revision` (0: the current revision), so that
@@ -283,6 +354,10 @@ impl Store {
             let (revision, value) = entry?;
             snapshot.record(SnapshotRecord::Version(revision.value(), value.value()))?;
         }
+        for entry in read.open_table(LEASES)?.iter()? {
+            let (id, value) = entry?;
+            snapshot.record(SnapshotRecord::Lease(id.value(), value.value()))?;
+        }
         Ok(snapshot.finish())
     }
 
@@ -308,25 +383,32 @@ impl Store {
         let txn = self.inner.db.begin_write()?;
         txn.delete_table(REVISIONS)?;
         txn.delete_table(META)?;
+        txn.delete_table(LEASES)?;
         {
             let mut revisions = txn.open_table(REVISIONS)?;
             let mut meta = txn.open_table(META)?;
+            let mut leases = txn.open_table(LEASES)?;
             for record in &records {
                 match *record {
                     SnapshotRecord::Meta(name, value) => meta.insert(name, value)?,
                     SnapshotRecord::Version(revision, value) => {
                         revisions.insert(revision, value)?
                     }
+                    SnapshotRecord::Lease(id, value) => leases.insert(id, value)?,
                 };
             }
         }
-        let in_use = bytes_in_use(&txn)?;
         // Versions the published index names are gone once this commits.
         let mut published = self.inner.state_mut();
         txn.commit()?;
+        let lease_changes = published.leases.changes_to(&state.leases);
+        let revision = state.revision;
         *published = state;
         drop(published);
-        self.inner.db_size_in_use.store(in_use, Ordering::Relaxed);
+        if let Some(sink) = self.inner.sink() {
+            sink.replaced(revision);
+        }
+        self.notify_lease_changes(&lease_changes);
         Ok(())
     }
 }
@@ -343,13 +425,30 @@ fn load_state(db: &Database) -> Result<State, StoreError> {
         let (revision, value) = entry?;
         builder.record(&SnapshotRecord::Version(revision.value(), value.value()))?;
     }
+    for entry in read.open_table(LEASES)?.iter()? {
+        let (id, value) = entry?;
+        builder.record(&SnapshotRecord::Lease(id.value(), value.value()))?;
+    }
     builder.finish()
 }
 
-fn bytes_in_use(txn: &WriteTransaction) -> Result<i64, StoreError> {
-    let stats = txn.stats()?;
-    let bytes = stats.allocated_pages() * stats.page_size() as u64;
-    Ok(i64::try_from(bytes).unwrap_or(i64::MAX))
+
+/// Records the leases a batch granted or revoked in its own transaction.
+fn write_leases(
+    txn: &WriteTransaction,
+    changes: &std::collections::BTreeMap<i64, Option<i64>>,
+) -> Result<(), StoreError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut leases = txn.open_table(LEASES)?;
+    for (&id, &ttl) in changes {
+        match ttl {
+            Some(ttl) => leases.insert(&id.to_be_bytes(), encode_lease(ttl).as_slice())?,
+            None => leases.remove(&id.to_be_bytes())?,
+        };
+    }
+    Ok(())
 }
 
 /// Records a batch's counters and the Raft metadata in its own transaction.

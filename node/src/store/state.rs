@@ -1,14 +1,15 @@
 //! The in-memory state every read consults: the key index and the store-wide counters, as
 //! of the last published batch. Built from the tables (or a snapshot) at start.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::codec::{
-    decode_alarms, decode_i64, SnapshotRecord, Stored, META_ALARMS, META_COMPACT_REVISION,
-    META_RAFT, META_REVISION,
+    decode_alarms, decode_i64, decode_lease, SnapshotRecord, Stored, META_ALARMS,
+    META_COMPACT_REVISION, META_RAFT, META_REVISION,
 };
 use super::error::StoreError;
 use super::index::{Index, Revision};
+use super::lease::Leases;
 use crate::proto::etcdserverpb::AlarmMember;
 use crate::proto::mvccpb::KeyValue;
 
@@ -20,6 +21,7 @@ pub(crate) struct State {
     pub compact_revision: i64,
     /// Sorted by (alarm type, member), so that it persists and lists deterministically.
     pub alarms: Vec<AlarmMember>,
+    pub leases: Leases,
     pub raft_meta: Option<Vec<u8>>,
 }
 
@@ -27,12 +29,23 @@ impl State {
     /// Takes the changes of a committed batch.
     pub fn publish(&mut self, batch: BatchOutcome, raft_meta: &[u8]) {
         for (key, newer) in batch.newer {
-            match self.index.get_mut(&key) {
-                Some(history) => history.append(newer),
-                None => {
-                    self.index.insert(key, newer);
+            // A key's lease is the one its live version names: follow each changed key.
+            let after = newer.live_lease().unwrap_or(0);
+            let before = match self.index.get_mut(&key) {
+                Some(history) => {
+                    let before = history.live_lease().unwrap_or(0);
+                    history.append(newer);
+                    before
                 }
-            }
+                None => {
+                    self.index.insert(key.clone(), newer);
+                    0
+                }
+            };
+            self.leases.reattach(&key, before, after);
+        }
+        for (&id, &ttl) in &batch.leases {
+            self.leases.set(id, ttl);
         }
         // Compacting after appending the batch's later changes gives the same history as
         // compacting in between: compaction never touches revisions above its own.
@@ -60,6 +73,8 @@ pub(crate) struct BatchOutcome {
     pub alarms: Vec<AlarmMember>,
     /// Keys whose history the batch's compactions cut.
     pub compacted_keys: BTreeSet<Vec<u8>>,
+    /// Leases the batch granted (`Some(ttl)`) or revoked (`None`), the last change of each.
+    pub leases: BTreeMap<i64, Option<i64>>,
 }
 
 /// Rebuilds a [`State`] from meta entries and stored versions (in revision order).
@@ -76,6 +91,7 @@ impl StateBuilder {
                 revision: 1,
                 compact_revision: -1,
                 alarms: Vec::new(),
+                leases: Leases::default(),
                 raft_meta: None,
             },
             last: None,
@@ -86,6 +102,11 @@ impl StateBuilder {
         match *record {
             SnapshotRecord::Meta(name, value) => self.meta(name, value),
             SnapshotRecord::Version(revision, value) => self.version(revision, value),
+            SnapshotRecord::Lease(id, value) => {
+                let (id, ttl) = decode_lease(id, value)?;
+                self.state.leases.set(id, Some(ttl));
+                Ok(())
+            }
         }
     }
 
@@ -116,6 +137,7 @@ impl StateBuilder {
             key,
             create_revision,
             version,
+            lease,
             ..
         } = stored.decode(revision)?;
         if stored.tombstone {
@@ -133,12 +155,12 @@ impl StateBuilder {
                 .index
                 .entry(key)
                 .or_default()
-                .put(revision, create_revision, version);
+                .put(revision, create_revision, version, lease);
         }
         Ok(())
     }
 
-    pub fn finish(self) -> Result<State, StoreError> {
+    pub fn finish(mut self) -> Result<State, StoreError> {
         if let Some(last) = self.last {
             if last.main > self.state.revision {
                 return Err(StoreError::Corrupt(format!(
@@ -146,6 +168,21 @@ impl StateBuilder {
                     last.main, self.state.revision
                 )));
             }
+        }
+        for (key, history) in &self.state.index {
+            let lease = history.live_lease().unwrap_or(0);
+            if lease == 0 {
+                continue;
+            }
+            // A put names only existing leases and a revoke deletes the lease's keys, so a
+            // live key never outlives its lease.
+            if self.state.leases.ttl(lease).is_none() {
+                return Err(StoreError::Corrupt(format!(
+                    "key {:?} is attached to lease {lease:x}, which does not exist",
+                    String::from_utf8_lossy(key)
+                )));
+            }
+            self.state.leases.reattach(key, 0, lease);
         }
         Ok(self.state)
     }

@@ -13,6 +13,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::mvccpb::KeyValue;
 
+mod leases;
 mod model;
 
 pub(super) fn open_temp() -> (tempfile::TempDir, Store) {
@@ -1256,6 +1257,16 @@ fn kv_errors_carry_etcds_codes_and_messages() {
             KvError::NoSpace,
             tonic::Code::ResourceExhausted,
             "etcdserver: mvcc: database space exceeded",
+        ),
+        (
+            KvError::LeaseExists,
+            tonic::Code::FailedPrecondition,
+            "etcdserver: lease already exists",
+        ),
+        (
+            KvError::LeaseTtlTooLarge,
+            tonic::Code::OutOfRange,
+            "etcdserver: too large lease TTL",
         ),
     ];
     for (error, code, message) in cases {

@@ -13,3 +13,4 @@ mod harness;
 mod kv;
 mod limits;
 mod txn;
+mod watch;

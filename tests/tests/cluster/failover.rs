@@ -30,9 +30,12 @@ async fn write_until_stopped(
     while !stop.load(Ordering::Relaxed) {
         let key = format!("w/{sequence:05}");
         let mut client = client.clone();
-        if within(REQUEST_TIMEOUT, client.put(key.as_str(), key.as_str(), None))
-            .await
-            .is_ok()
+        if within(
+            REQUEST_TIMEOUT,
+            client.put(key.as_str(), key.as_str(), None),
+        )
+        .await
+        .is_ok()
         {
             keys.push(key);
             acknowledged.fetch_add(1, Ordering::Relaxed);
@@ -78,7 +81,10 @@ async fn killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
     let new_leader = cluster.leader_among(&survivors).await;
     let election = killed_at.elapsed();
     assert_ne!(cluster.member(new_leader).id(), old_leader_id);
-    println!("new leader {} after {election:?}", cluster.member(new_leader).name());
+    println!(
+        "new leader {} after {election:?}",
+        cluster.member(new_leader).name()
+    );
     assert!(
         election <= ELECTION_TIMEOUT * ELECTION_TIMEOUTS_TO_NEW_LEADER,
         "the new leader took {election:?}, more than {ELECTION_TIMEOUTS_TO_NEW_LEADER} \
@@ -100,12 +106,19 @@ async fn killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
         let stored = expect_ok(
             retry("a linearizable read of every written key", || {
                 let mut client = client.clone();
-                async move { client.get("w/", Some(GetOptions::new().with_prefix())).await }
+                async move {
+                    client
+                        .get("w/", Some(GetOptions::new().with_prefix()))
+                        .await
+                }
             })
             .await,
         );
-        let stored: Vec<(&[u8], &[u8])> =
-            stored.kvs().iter().map(|kv| (kv.key(), kv.value())).collect();
+        let stored: Vec<(&[u8], &[u8])> = stored
+            .kvs()
+            .iter()
+            .map(|kv| (kv.key(), kv.value()))
+            .collect();
         let lost: Vec<&String> = written
             .iter()
             .filter(|key| !stored.contains(&(key.as_bytes(), key.as_bytes())))

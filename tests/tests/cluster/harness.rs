@@ -28,7 +28,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use crate::netns::Lab;
 
 /// `--heartbeat-interval` of every member: short, to keep the tests quick.
-pub const HEARTBEAT: Duration = Duration::from_millis(50);
+const HEARTBEAT: Duration = Duration::from_millis(50);
 
 /// `--election-timeout` of every member: ten heartbeats, enough on a busy two-core box.
 pub const ELECTION_TIMEOUT: Duration = Duration::from_millis(500);
@@ -96,7 +96,7 @@ impl ClusterSpec {
         self
     }
 
-    /// Gives every member the setting `--FLAG VALUE`.
+    /// Gives every member the setting `--FLAG=VALUE`.
     pub fn setting(mut self, flag: &str, value: &str) -> ClusterSpec {
         self.settings.push((flag.to_owned(), value.to_owned()));
         self
@@ -276,11 +276,15 @@ impl Member {
             ("initial-cluster", &self.initial_cluster),
             ("initial-cluster-state", state),
             ("heartbeat-interval", &HEARTBEAT.as_millis().to_string()),
-            ("election-timeout", &ELECTION_TIMEOUT.as_millis().to_string()),
+            (
+                "election-timeout",
+                &ELECTION_TIMEOUT.as_millis().to_string(),
+            ),
         ]
         .map(|(flag, value)| (flag.to_owned(), value.to_owned()));
         for (flag, value) in settings.iter().chain(&self.settings) {
-            cmd.arg(format!("--{flag}")).arg(value);
+            // One argument: `--auto-promote-learners=false` needs the `=`.
+            cmd.arg(format!("--{flag}={value}"));
         }
         cmd
     }
@@ -460,8 +464,8 @@ impl Cluster {
     }
 
     /// Waits until every member in `among` has applied the cluster's latest revision and
-    /// asserts that their `HashKV` at it agree; returns the revision.
-    pub async fn assert_converged(&self, among: &[usize]) -> i64 {
+    /// asserts that their `HashKV` at it agree.
+    pub async fn assert_converged(&self, among: &[usize]) {
         let client = self.members[among[0]].client().await;
         let revision = expect_ok(
             retry("a linearizable read for the latest revision", || {
@@ -474,10 +478,13 @@ impl Cluster {
         let mut hashes = Vec::new();
         for &index in among {
             let member = &self.members[index];
-            let hash = poll(&format!("HashKV at {revision} on {}", member.name), || async {
-                let mut client = connect(member.endpoint(), PROBE_TIMEOUT).await;
-                within(PROBE_TIMEOUT, client.hash_kv(revision)).await
-            })
+            let hash = poll(
+                &format!("HashKV at {revision} on {}", member.name),
+                || async {
+                    let mut client = connect(member.endpoint(), PROBE_TIMEOUT).await;
+                    within(PROBE_TIMEOUT, client.hash_kv(revision)).await
+                },
+            )
             .await;
             hashes.push((member.name.clone(), expect_ok(hash).hash()));
         }
@@ -485,7 +492,6 @@ impl Cluster {
             hashes.iter().all(|(_, hash)| *hash == hashes[0].1),
             "HashKV at revision {revision} differs between members: {hashes:x?}"
         );
-        revision
     }
 
     /// Asks member `via` to add a member (a learner when `learner`), then starts it with
@@ -495,14 +501,9 @@ impl Cluster {
         let peer_url = self.members[index].peer_url.clone();
         let mut client = self.members[via].client().await;
         let options = learner.then(|| MemberAddOptions::new().with_is_learner());
-        let added = retry("MemberAdd", || {
-            let mut client = client.clone();
-            let options = options.clone();
-            let peer_url = peer_url.clone();
-            async move { client.member_add([peer_url], options).await }
-        })
-        .await;
-        let added = expect_ok(added);
+        // One attempt, as `etcdctl member add` makes: MemberAdd is not idempotent.
+        let added =
+            expect_ok(within(REQUEST_TIMEOUT, client.member_add([&peer_url], options)).await);
         let announced = added
             .member()
             .unwrap_or_else(|| panic!("MemberAdd answered without the member: {added:?}"));
@@ -572,10 +573,7 @@ impl Cluster {
             .prefix("cairn-cluster-")
             .tempdir()
             .expect("create a temporary directory for the member");
-        let mut settings = vec![(
-            "initial-cluster-token".to_owned(),
-            self.token.clone(),
-        )];
+        let mut settings = vec![("initial-cluster-token".to_owned(), self.token.clone())];
         settings.extend(self.settings.iter().cloned());
         self.members.push(Member {
             name: format!("n{}", index + 1),
@@ -594,7 +592,6 @@ impl Cluster {
         });
         self.members.len() - 1
     }
-
 }
 
 impl Drop for Cluster {
@@ -647,7 +644,10 @@ fn loopback_network() -> Network {
 /// The value of `result`, or a failed test saying what went wrong.
 #[track_caller]
 pub fn expect_ok<T>(result: Result<T, String>) -> T {
-    result.unwrap_or_else(|why| panic!("{why}"))
+    match result {
+        Ok(value) => value,
+        Err(why) => panic!("{why}"),
+    }
 }
 
 /// Connects an etcd client to `endpoint` with `timeout` for each request. The connection
@@ -711,6 +711,16 @@ pub async fn put_acknowledged(client: &Client, key: &str, value: &str) -> i64 {
     expect_ok(written)
         .header()
         .map_or(0, |header| header.revision())
+}
+
+/// The value of `key` in a linearizable read through `client`, retried while the read
+/// fails (during an election); the first answer counts. `None` when absent.
+pub async fn linearizable_value(client: &Client, key: &str) -> Option<String> {
+    let read = poll(&format!("a linearizable read of {key}"), || {
+        value_of(client, key, false)
+    })
+    .await;
+    expect_ok(read)
 }
 
 /// The value of `key` through `client`, linearizable or serializable; `None` when absent.

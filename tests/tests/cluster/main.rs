@@ -7,7 +7,9 @@
 //! Clusters run one at a time (see [`harness`]).
 
 mod failover;
+mod faults;
 mod harness;
+mod leadership;
 mod membership;
 mod netns;
 mod partition;

@@ -8,7 +8,7 @@
 //! the other members while the test still talks to it as a client.
 //!
 //! Names carry a tag unique to the test process and the [`Lab`], and everything created is
-//! removed when the lab is dropped (deleting a namespace deletes the links inside it).
+//! removed when the lab is dropped.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -36,6 +36,8 @@ pub struct Lab {
     subnet: (u8, u8),
     bridges: Vec<String>,
     namespaces: Vec<String>,
+    /// Bridge-side ends of the members' links.
+    links: Vec<String>,
 }
 
 impl Lab {
@@ -59,6 +61,7 @@ impl Lab {
                 subnet,
                 bridges: Vec::new(),
                 namespaces: Vec::new(),
+                links: Vec::new(),
             };
             if lab.add_bridges() {
                 return lab;
@@ -94,7 +97,14 @@ impl Lab {
             ip(&[
                 "link", "add", &outer, "type", "veth", "peer", "name", inner, "netns", &namespace,
             ]);
-            ip(&["link", "set", &outer, "master", &self.bridge(&format!("b{kind}"))]);
+            self.links.push(outer.clone());
+            ip(&[
+                "link",
+                "set",
+                &outer,
+                "master",
+                &self.bridge(&format!("b{kind}")),
+            ]);
             ip(&["link", "set", &outer, "up"]);
             let cidr = format!("{address}/25");
             ip(&["-n", &namespace, "addr", "add", &cidr, "dev", inner]);
@@ -133,7 +143,13 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        // Best effort: a failure here must not hide the test's own outcome.
+        // Best effort: a failure here must not hide the test's own outcome. The links go
+        // first and explicitly: a namespace outlives `ip netns delete` while sockets of its
+        // killed processes still retransmit (to a member cut off, for minutes), and its
+        // links would stay with it.
+        for link in &self.links {
+            try_ip(&["link", "delete", link]);
+        }
         for namespace in &self.namespaces {
             try_ip(&["netns", "delete", namespace]);
         }

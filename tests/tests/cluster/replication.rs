@@ -1,7 +1,7 @@
 //! Any member serves any request: a write through one member is visible to a linearizable
 //! read through every member as soon as it is acknowledged.
 
-use crate::harness::{expect_ok, put_acknowledged, value_of, Cluster, ClusterSpec};
+use crate::harness::{linearizable_value, put_acknowledged, Cluster, ClusterSpec};
 
 /// Writes a key through each member in turn and reads every one back through every member.
 async fn every_write_is_read_through_every_member(size: u8) {
@@ -16,7 +16,7 @@ async fn every_write_is_read_through_every_member(size: u8) {
         let revision = put_acknowledged(client, &key, &value).await;
         for (reader, client) in clients.iter().enumerate() {
             // No retry: once the write is acknowledged, a linearizable read must see it.
-            let read = expect_ok(value_of(client, &key, false).await);
+            let read = linearizable_value(client, &key).await;
             assert_eq!(
                 read.as_deref(),
                 Some(value.as_str()),

@@ -1,12 +1,15 @@
 //! The store against a reference model: thousands of seeded random commands (in batches of
-//! varying size), reads at historical revisions, compactions and reopens, each answer
+//! varying size), reads at historical revisions, compactions, leases and reopens, each answer
 //! compared with what a plain map of every revision's contents says etcd would answer.
 
 use std::collections::BTreeMap;
 use std::mem::discriminant;
 
 use super::*;
-use crate::proto::etcdserverpb::CompactionResponse;
+use crate::proto::etcdserverpb::{
+    CompactionResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
+    LeaseRevokeResponse,
+};
 
 /// Marsaglia's xorshift64: deterministic, so a failure replays from its seed.
 struct XorShift(u64);
@@ -29,6 +32,20 @@ impl XorShift {
 
     fn key(&mut self) -> Vec<u8> {
         format!("k{:02}", self.below(12)).into_bytes()
+    }
+
+    /// A lease ID from a small set, so that grants collide and puts name unknown leases.
+    fn lease(&mut self) -> i64 {
+        1 + self.below(4) as i64
+    }
+
+    /// No lease most of the time.
+    fn put_lease(&mut self) -> i64 {
+        if self.chance(60) {
+            0
+        } else {
+            self.lease()
+        }
     }
 
     fn value(&mut self) -> Vec<u8> {
@@ -71,6 +88,8 @@ struct Model {
     compacted: i64,
     /// The contents after each revision that changed something (and at revision 1).
     history: BTreeMap<i64, Contents>,
+    /// Lease ID to granted TTL.
+    leases: BTreeMap<i64, i64>,
 }
 
 /// A write command in progress in the model: all its changes share one revision.
@@ -89,8 +108,13 @@ impl Pending {
         }
     }
 
+    /// A put whose lease and `ignore_lease` precondition were checked by the caller.
     fn put(&mut self, request: &PutRequest) -> PutResponse {
         let previous = self.contents.get(&request.key).cloned();
+        let lease = match &previous {
+            Some(previous) if request.ignore_lease => previous.lease,
+            _ => request.lease,
+        };
         let kv = KeyValue {
             key: request.key.clone(),
             create_revision: previous
@@ -99,7 +123,7 @@ impl Pending {
             mod_revision: self.revision,
             version: previous.as_ref().map_or(1, |kv| kv.version + 1),
             value: request.value.clone(),
-            lease: 0,
+            lease,
         };
         self.contents.insert(request.key.clone(), kv);
         self.changed = true;
@@ -131,6 +155,23 @@ impl Pending {
 
     fn range(&self, request: &RangeRequest) -> RangeResponse {
         range_of(&self.contents, request, self.view_revision())
+    }
+
+    /// Deletes the keys attached to `lease`, in key order.
+    fn revoke(&mut self, lease: i64) -> LeaseRevokeResponse {
+        let doomed: Vec<_> = self
+            .contents
+            .values()
+            .filter(|kv| kv.lease == lease)
+            .map(|kv| kv.key.clone())
+            .collect();
+        for key in &doomed {
+            self.contents.remove(key);
+        }
+        self.changed |= !doomed.is_empty();
+        LeaseRevokeResponse {
+            header: header_at(self.view_revision()),
+        }
     }
 
     /// Runs a Txn whose compares were decided against `before`.
@@ -222,13 +263,58 @@ fn compare_model(compare: &Compare, contents: &Contents) -> bool {
     })
 }
 
+/// etcd checks the puts of the branches a Txn takes (nested ones too) before it runs: one
+/// naming an unknown lease fails the whole Txn.
+fn check_txn_leases(
+    request: &TxnRequest,
+    before: &Contents,
+    leases: &BTreeMap<i64, i64>,
+) -> Result<(), KvError> {
+    let succeeded = request
+        .compare
+        .iter()
+        .all(|compare| compare_model(compare, before));
+    let ops = if succeeded {
+        &request.success
+    } else {
+        &request.failure
+    };
+    for op in ops {
+        match op.request.as_ref().expect("generated ops are set") {
+            request_op::Request::RequestPut(put)
+                if put.lease != 0 && !leases.contains_key(&put.lease) =>
+            {
+                return Err(KvError::LeaseNotFound)
+            }
+            request_op::Request::RequestTxn(nested) => check_txn_leases(nested, before, leases)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl Model {
     fn new() -> Self {
         Model {
             revision: 1,
             compacted: -1,
             history: BTreeMap::from([(1, Contents::new())]),
+            leases: BTreeMap::new(),
         }
+    }
+
+    /// The keys attached to each lease, as the store should list them.
+    fn lease_keys(&self) -> BTreeMap<i64, Vec<Vec<u8>>> {
+        let mut keys: BTreeMap<i64, Vec<Vec<u8>>> =
+            self.leases.keys().map(|&id| (id, Vec::new())).collect();
+        for kv in self.contents_at(self.revision).values() {
+            if kv.lease != 0 {
+                keys.get_mut(&kv.lease)
+                    .expect("a live key's lease exists")
+                    .push(kv.key.clone());
+            }
+        }
+        keys
     }
 
     fn contents_at(&self, revision: i64) -> &Contents {
@@ -258,13 +344,43 @@ impl Model {
 
     fn apply(&mut self, command: &Command) -> Result<Reply, KvError> {
         match command {
-            Command::Put(put) => Ok(self.write(|pending| Reply::Put(pending.put(put)))),
+            Command::Put(put) => {
+                if put.lease != 0 && !self.leases.contains_key(&put.lease) {
+                    return Err(KvError::LeaseNotFound);
+                }
+                if put.ignore_lease && !self.contents_at(self.revision).contains_key(&put.key) {
+                    return Err(KvError::KeyNotFound);
+                }
+                Ok(self.write(|pending| Reply::Put(pending.put(put))))
+            }
             Command::DeleteRange(delete) => {
                 Ok(self.write(|pending| Reply::DeleteRange(pending.delete(delete))))
             }
             Command::Txn(txn) => {
                 let before = self.contents_at(self.revision).clone();
+                check_txn_leases(txn, &before, &self.leases)?;
                 Ok(self.write(|pending| Reply::Txn(pending.txn(txn, &before))))
+            }
+            Command::LeaseGrant(grant) => {
+                if grant.ttl > MAX_LEASE_TTL {
+                    return Err(KvError::LeaseTtlTooLarge);
+                }
+                if self.leases.contains_key(&grant.id) {
+                    return Err(KvError::LeaseExists);
+                }
+                self.leases.insert(grant.id, grant.ttl);
+                Ok(Reply::LeaseGrant(LeaseGrantResponse {
+                    header: header_at(self.revision),
+                    id: grant.id,
+                    ttl: grant.ttl,
+                    error: String::new(),
+                }))
+            }
+            Command::LeaseRevoke(revoke) => {
+                if self.leases.remove(&revoke.id).is_none() {
+                    return Err(KvError::LeaseNotFound);
+                }
+                Ok(self.write(|pending| Reply::LeaseRevoke(pending.revoke(revoke.id))))
             }
             Command::Compaction(compaction) => {
                 if compaction.revision <= self.compacted {
@@ -334,7 +450,10 @@ fn random_compare(rng: &mut XorShift) -> Compare {
 fn random_ops(rng: &mut XorShift, nested: bool) -> Vec<RequestOp> {
     (0..rng.below(4))
         .map(|_| match rng.below(10) {
-            0..=3 => op_put(&rng.key(), &rng.value()),
+            0..=3 => op(request_op::Request::RequestPut(PutRequest {
+                lease: rng.put_lease(),
+                ..put_request(&rng.key(), &rng.value())
+            })),
             4 | 5 => {
                 let (key, end) = rng.span();
                 op_delete(&key, &end)
@@ -362,10 +481,24 @@ fn random_txn(rng: &mut XorShift, allow_nested: bool) -> TxnRequest {
 
 fn random_command(rng: &mut XorShift, model: &Model) -> Command {
     match rng.below(100) {
-        0..=44 => Command::Put(PutRequest {
+        0..=38 => Command::Put(PutRequest {
             prev_kv: rng.chance(30),
+            lease: rng.put_lease(),
             ..put_request(&rng.key(), &rng.value())
         }),
+        39..=40 => Command::Put(PutRequest {
+            ignore_lease: true,
+            ..put_request(&rng.key(), &rng.value())
+        }),
+        41..=42 => Command::LeaseGrant(LeaseGrantRequest {
+            ttl: if rng.chance(10) {
+                MAX_LEASE_TTL + 1
+            } else {
+                1 + rng.below(100) as i64
+            },
+            id: rng.lease(),
+        }),
+        43..=44 => Command::LeaseRevoke(LeaseRevokeRequest { id: rng.lease() }),
         45..=64 => {
             let (key, end) = rng.span();
             Command::DeleteRange(DeleteRangeRequest {
@@ -398,6 +531,20 @@ fn assert_same_result<T: PartialEq + std::fmt::Debug>(
         }
         _ => panic!("{context}: store said {actual:?}, model says {expected:?}"),
     }
+}
+
+fn check_leases(store: &Store, model: &Model, step: usize) {
+    let actual: BTreeMap<i64, (i64, Vec<Vec<u8>>)> = store
+        .leases()
+        .into_iter()
+        .map(|lease| (lease.id, (lease.ttl, store.lease_keys(lease.id))))
+        .collect();
+    let expected: BTreeMap<i64, (i64, Vec<Vec<u8>>)> = model
+        .lease_keys()
+        .into_iter()
+        .map(|(id, keys)| (id, (model.leases[&id], keys)))
+        .collect();
+    assert_eq!(actual, expected, "step {step}: leases");
 }
 
 fn check_reads(store: &Store, model: &Model, rng: &mut XorShift, step: usize) {
@@ -447,6 +594,7 @@ fn random_histories_match_the_reference_model() {
         assert_eq!(store.current_revision(), model.revision, "step {step}");
         assert_eq!(store.compact_revision(), model.compacted, "step {step}");
         check_reads(&store, &model, &mut rng, step);
+        check_leases(&store, &model, step);
 
         if rng.chance(2) {
             store.sync().unwrap();
@@ -454,6 +602,7 @@ fn random_histories_match_the_reference_model() {
             store = Store::open(&path).unwrap();
             assert_eq!(store.raft_meta().as_deref(), Some(&meta[..]));
             check_reads(&store, &model, &mut rng, step);
+            check_leases(&store, &model, step);
         }
     }
 
@@ -470,4 +619,5 @@ fn random_histories_match_the_reference_model() {
         assert_same_result(&other.range(&request), &expected, "installed");
     }
     assert_eq!(other.hash_kv(0).unwrap(), store.hash_kv(0).unwrap());
+    check_leases(&other, &model, step);
 }
