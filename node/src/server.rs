@@ -5,12 +5,12 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::watch::{WatchService, WatchSettings};
 use crate::api::{
-    cluster::ClusterService, kv::KvService, lease::LeaseService, maintenance::MaintenanceService,
-    Node, NodeParts,
+    cluster::ClusterService, election::ElectionService, kv::KvService, lease::LeaseService,
+    lock::LockService, maintenance::MaintenanceService, Node, NodeParts,
 };
 use crate::config::ServerConfig;
 use crate::lease::Lessor;
@@ -19,6 +19,8 @@ use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::raft::{PeerService, Peers};
 use crate::watch::{HubLimits, WatchHub};
 
@@ -29,6 +31,14 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// How often the state machine is made durable. Nothing depends on it for safety (the Raft
 /// log is), it bounds how much log is replayed after a crash.
 const STATE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Accepted connections with Nagle's algorithm off. tonic ignores the builder's
+/// `tcp_nodelay` for listeners it is handed; left on, a small response written while an
+/// earlier one awaits its ACK (a watch event next to a put's answer on one connection)
+/// waits for the client's delayed ACK, about 40 ms.
+fn no_delay(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
 
 /// The sockets a member serves on.
 pub struct Listeners {
@@ -152,7 +162,7 @@ pub async fn run(
         let mut stop = stop_rx.clone();
         servers.push(tokio::spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(no_delay(listener), async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;
                 })
                 .await
@@ -175,8 +185,24 @@ pub async fn run(
                     .max_decoding_message_size(max_decoding),
             )
             .add_service(
-                LeaseServer::new(LeaseService::new(node.clone()))
+                LeaseServer::new(LeaseService::new(node.clone(), stop_rx.clone()))
                     .max_decoding_message_size(max_decoding),
+            )
+            .add_service(
+                LockServer::new(LockService::new(
+                    node.clone(),
+                    watch_hub.clone(),
+                    stop_rx.clone(),
+                ))
+                .max_decoding_message_size(max_decoding),
+            )
+            .add_service(
+                ElectionServer::new(ElectionService::new(
+                    node.clone(),
+                    watch_hub.clone(),
+                    stop_rx.clone(),
+                ))
+                .max_decoding_message_size(max_decoding),
             )
             .add_service(
                 // Its streams end when `stop_rx` turns, so the graceful shutdown below
@@ -191,7 +217,7 @@ pub async fn run(
             );
         let mut stop = stop_rx.clone();
         servers.push(tokio::spawn(async move {
-            let incoming = TcpListenerStream::new(listener);
+            let incoming = no_delay(listener);
             router
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;

@@ -520,6 +520,12 @@ impl<'h> KeyHistory<'h> {
     }
 }
 
+/// How many recently explored configurations a new one is checked against for dominance
+/// (see [`Search::place`]). Checking all of them would be quadratic when a history has many
+/// indeterminate operations; the recent ones are those a sibling branch of the search left
+/// behind, the likeliest to dominate.
+const RECENT_DOMINATORS: usize = 32;
+
 /// The list head; node `len + 1` is the tail.
 const HEAD: usize = 0;
 
@@ -580,10 +586,11 @@ enum Cursor {
 struct OpenOp {
     invoked: u64,
     op: usize,
-    /// The last operation invoked before this one that has the same effect (a delete, or a
-    /// compare-and-set with the same values). Two such operations are interchangeable,
-    /// except that the earlier one may take effect earlier; so in any legal order they can
-    /// be taken in the order of invocation, and this one is only placed after its twin.
+    /// The node of the last operation invoked before this one that has the same effect (a
+    /// delete, or a compare-and-set with the same values). Two such operations are
+    /// interchangeable, except that the earlier one may take effect earlier; so in any
+    /// legal order they can be taken in the order of invocation, and this one is only
+    /// placed after its twin.
     twin: Option<usize>,
 }
 
@@ -606,6 +613,33 @@ struct Frontier {
     values: Vec<Value>,
 }
 
+/// The indeterminate operations worth placing now: those that produce a value that a
+/// candidate for the next place needs.
+#[derive(Default)]
+struct Wanted {
+    /// Any value but the current one will do.
+    any_change: bool,
+    values: Vec<Value>,
+    /// Unless `any_change`, the nodes of the open list that may produce one of `values`,
+    /// in list order.
+    nodes: Vec<usize>,
+}
+
+impl Wanted {
+    fn includes(&self, value: Value) -> bool {
+        self.any_change || self.values.contains(&value)
+    }
+
+    /// The first node from `node` on in the open list that is worth trying.
+    fn next_node(&self, node: usize, tail: usize) -> usize {
+        if self.any_change {
+            return node;
+        }
+        let position = self.nodes.partition_point(|&wanted| wanted < node);
+        self.nodes.get(position).copied().unwrap_or(tail)
+    }
+}
+
 enum Verdict {
     Linearizable,
     Violation(String),
@@ -621,12 +655,22 @@ struct Search<'k, 'h> {
     event_links: Links,
     /// Indeterminate operations: node `n` is `open[n - 1]`, in order of invocation.
     open: Vec<OpenOp>,
+    /// The nodes of the open list whose operation may produce each value, in list order.
+    producers: HashMap<Value, Vec<usize>>,
     open_links: Links,
-    /// The memoized configuration: one bit per placed operation, a word for the register's
-    /// value, and a word for the last operation placed and the value before it if that
-    /// operation is indeterminate (0 if not), on which the pruning rules depend.
-    configuration: Vec<u64>,
-    seen: HashSet<Vec<u64>>,
+    /// The determinate operations placed (one bit per operation of the key) and, in a last
+    /// word, the register's value.
+    placed: Vec<u64>,
+    /// The indeterminate operations placed, one bit per node of the open list.
+    placed_open: Vec<u64>,
+    /// Every configuration explored: `placed`, `placed_open` and
+    /// [`Search::last_open_word`], end to end.
+    explored: HashSet<Vec<u64>>,
+    /// For each `placed`, the last few `placed_open` sets (with their last open word)
+    /// explored with it, to check whether a new configuration is dominated.
+    recent: HashMap<Vec<u64>, Vec<(Vec<u64>, u64)>>,
+    /// Scratch space for a key of `explored`.
+    key: Vec<u64>,
     frontier: Frontier,
 }
 
@@ -645,13 +689,20 @@ impl<'k, 'h> Search<'k, 'h> {
         }
         events.sort_unstable();
         open.sort_unstable();
+        let mut producers: HashMap<Value, Vec<usize>> = HashMap::new();
+        for (position, &(_, op)) in open.iter().enumerate() {
+            if let Step::Write(value) | Step::Cas { new: value, .. } = history.steps[op] {
+                producers.entry(value).or_default().push(position + 1);
+            }
+        }
         let mut last_with_effect = HashMap::new();
         let open: Vec<OpenOp> = open
             .into_iter()
-            .map(|(invoked, op)| OpenOp {
+            .enumerate()
+            .map(|(position, (invoked, op))| OpenOp {
                 invoked,
                 op,
-                twin: last_with_effect.insert(history.steps[op], op),
+                twin: last_with_effect.insert(history.steps[op], position + 1),
             })
             .collect();
         let mut return_nodes = vec![0; history.ops.len()];
@@ -673,9 +724,13 @@ impl<'k, 'h> Search<'k, 'h> {
             event_links: Links::new(events.len()),
             events,
             open_links: Links::new(open.len()),
+            placed_open: vec![0; open.len().div_ceil(64)],
             open,
-            configuration: vec![0; history.ops.len().div_ceil(64) + 2],
-            seen: HashSet::new(),
+            producers,
+            placed: vec![0; history.ops.len().div_ceil(64) + 1],
+            explored: HashSet::new(),
+            recent: HashMap::new(),
+            key: Vec::new(),
             frontier: Frontier {
                 barrier: HEAD,
                 order: Vec::new(),
@@ -697,16 +752,18 @@ impl<'k, 'h> Search<'k, 'h> {
         let mut state = ABSENT;
         let mut placed: Vec<Choice> = Vec::new();
         let mut cursor = Cursor::Event(self.event_links.first());
+        // Set whenever the cursor moves into the open list.
+        let mut wanted = Wanted::default();
         loop {
             if self.event_links.first() == self.event_links.tail() {
                 // Every determinate operation is placed; indeterminate ones still open
                 // take effect after them, or never.
-                eprintln!("LIN steps={steps} seen={} ops={} open={} depth={}", self.seen.len(), self.history.ops.len(), self.open.len(), placed.len());
+                eprintln!("LIN steps={steps} explored={} ops={} open={} depth={}", self.explored.len(), self.history.ops.len(), self.open.len(), placed.len());
                 return Verdict::Linearizable;
             }
             steps += 1;
             if steps > budget.max_steps {
-                eprintln!("EXH steps={steps} seen={} ops={} open={} depth={} frontier={} of {}", self.seen.len(), self.history.ops.len(), self.open.len(), placed.len(), self.frontier.barrier, self.events.len());
+                eprintln!("EXH steps={steps} explored={} keys={} ops={} open={} depth={} frontier={} of {}", self.explored.len(), self.recent.len(), self.history.ops.len(), self.open.len(), placed.len(), self.frontier.barrier, self.events.len());
                 return Verdict::Exhausted;
             }
             if steps == next_clock_reading {
@@ -723,6 +780,7 @@ impl<'k, 'h> Search<'k, 'h> {
                 Cursor::Event(node) => {
                     let Some(return_node) = self.event(node).return_node else {
                         self.note_barrier(node, state, &placed);
+                        wanted = self.wanted(node, state);
                         cursor = Cursor::Open {
                             node: self.open_links.first(),
                             barrier: node,
@@ -730,7 +788,7 @@ impl<'k, 'h> Search<'k, 'h> {
                         continue;
                     };
                     let op = self.event(node).op;
-                    if let Some(after) = self.place(op, state, open_top) {
+                    if let Some(after) = self.place(cursor, op, state, open_top) {
                         self.event_links.unlink(node);
                         self.event_links.unlink(return_node);
                         placed.push(Choice {
@@ -745,13 +803,19 @@ impl<'k, 'h> Search<'k, 'h> {
                     }
                 }
                 Cursor::Open { node, barrier } => {
+                    let node = wanted.next_node(node, self.open_links.tail());
+                    cursor = Cursor::Open { node, barrier };
                     let candidate = (node != self.open_links.tail())
                         .then(|| &self.open[node - 1])
                         .filter(|open| open.invoked <= self.event(barrier).time);
                     if let Some(&OpenOp { op, twin, .. }) = candidate {
-                        let placeable = twin.is_none_or(|twin| self.is_placed(twin));
-                        if let Some(after) =
-                            placeable.then(|| self.place(op, state, open_top)).flatten()
+                        let placeable = twin.is_none_or(|twin| bit(&self.placed_open, twin - 1))
+                            && self.history.steps[op]
+                                .apply(state)
+                                .is_some_and(|after| wanted.includes(after));
+                        if let Some(after) = placeable
+                            .then(|| self.place(cursor, op, state, open_top))
+                            .flatten()
                         {
                             self.open_links.unlink(node);
                             placed.push(Choice {
@@ -771,10 +835,10 @@ impl<'k, 'h> Search<'k, 'h> {
                     }
                     // Nothing more can go before the barrier: take back the last choice.
                     let Some(choice) = placed.pop() else {
-                        eprintln!("VIOL steps={steps} seen={} ops={} open={} frontier={} of {}", self.seen.len(), self.history.ops.len(), self.open.len(), self.frontier.barrier, self.events.len());
+                        eprintln!("VIOL steps={steps} explored={} keys={} ops={} open={} frontier={} of {}", self.explored.len(), self.recent.len(), self.history.ops.len(), self.open.len(), self.frontier.barrier, self.events.len());
                         return Verdict::Violation(self.explain());
                     };
-                    self.set_placed(choice.op, false);
+                    self.set_placed(choice.at, choice.op, false);
                     state = choice.before;
                     cursor = match choice.at {
                         Cursor::Event(node) => {
@@ -786,6 +850,7 @@ impl<'k, 'h> Search<'k, 'h> {
                         }
                         Cursor::Open { node, barrier } => {
                             self.open_links.relink(node);
+                            wanted = self.wanted(barrier, state);
                             Cursor::Open {
                                 node: self.open_links.next[node],
                                 barrier,
@@ -797,12 +862,22 @@ impl<'k, 'h> Search<'k, 'h> {
         }
     }
 
-    /// Tries to place `op` next, from register value `state`, after `open_top` (the last
-    /// operation placed, with the value before it, if it is indeterminate): the value after
-    /// `op`, or `None` if the model rejects it, a pruning rule forbids it, or the
-    /// configuration it leads to was explored already. On success `op` is marked placed.
+    /// Tries to place `op`, found at `at`, next, from register value `state`, after
+    /// `open_top` (the last operation placed, with the value before it, if it is
+    /// indeterminate): the value after `op`, or `None` if the model rejects it, a pruning
+    /// rule forbids it, or the configuration it leads to is dominated by one explored
+    /// already. On success `op` is marked placed.
+    ///
+    /// A configuration dominates another with the same determinate operations placed, the
+    /// same value, and a superset of indeterminate operations placed (with the same last
+    /// operation, or any if its own last is determinate): any way to finish from the other
+    /// also finishes from it, as an indeterminate operation not placed yet can take effect
+    /// later, or never. Plain equality would do for the correctness of memoization; the
+    /// point of dominance is that an indeterminate operation placed to no lasting effect
+    /// does not double the configurations that follow.
     fn place(
         &mut self,
+        at: Cursor,
         op: usize,
         state: Value,
         open_top: Option<(usize, Value)>,
@@ -816,21 +891,98 @@ impl<'k, 'h> Search<'k, 'h> {
         if open_top.is_some_and(|(open, before)| self.is_unneeded(open, before, op, after)) {
             return None;
         }
-        self.set_placed(op, true);
-        let words = self.configuration.len();
-        self.configuration[words - 2] = u64::from(after);
-        self.configuration[words - 1] = if determinate {
+        self.set_placed(at, op, true);
+        let last = self.placed.len() - 1;
+        self.placed[last] = u64::from(after);
+        let last_open = if determinate {
             0
         } else {
-            let op = u32::try_from(op + 1).expect("fewer than 2^32 operations per key");
-            u64::from(op) | (u64::from(state) << 32)
+            Self::last_open_word(op, state)
         };
-        if self.seen.contains(self.configuration.as_slice()) {
-            self.set_placed(op, false);
+        self.key.clear();
+        self.key.extend_from_slice(&self.placed);
+        self.key.extend_from_slice(&self.placed_open);
+        self.key.push(last_open);
+        let dominated = if self.explored.contains(self.key.as_slice()) {
+            true
+        } else {
+            self.explored.insert(self.key.clone());
+            let recent = self.recent.entry(self.placed.clone()).or_default();
+            let dominated = recent
+                .iter()
+                .any(|(open, last)| dominates(open, *last, &self.placed_open, last_open));
+            if !dominated {
+                if recent.len() == RECENT_DOMINATORS {
+                    recent.remove(0);
+                }
+                recent.push((self.placed_open.clone(), last_open));
+            }
+            dominated
+        };
+        if dominated {
+            self.set_placed(at, op, false);
             return None;
         }
-        self.seen.insert(self.configuration.clone());
         Some(after)
+    }
+
+    /// The memoized trace of an indeterminate `op` placed last from value `before`, on
+    /// which the pruning rules depend; 0 stands for a determinate operation placed last.
+    fn last_open_word(op: usize, before: Value) -> u64 {
+        let op = u32::try_from(op + 1).expect("fewer than 2^32 operations per key");
+        u64::from(op) | (u64::from(before) << 32)
+    }
+
+    /// What an indeterminate operation placed now, from value `state` with the barrier
+    /// `barrier`, must produce for a candidate for the next place to need it (see
+    /// [`Search::is_unneeded`]); placing it is pointless otherwise. Candidates are the
+    /// calls before the barrier and the open operations invoked before it.
+    fn wanted(&self, barrier: usize, state: Value) -> Wanted {
+        let mut wanted = Wanted::default();
+        let mut node = self.event_links.first();
+        while node != barrier {
+            match self.history.steps[self.event(node).op] {
+                Step::Read(seen) if seen != state => wanted.values.push(seen),
+                Step::Cas {
+                    expected,
+                    swapped: Some(true),
+                    ..
+                } if expected != state => wanted.values.push(expected),
+                // It fails because something took the value it expects away.
+                Step::Cas {
+                    expected,
+                    swapped: Some(false),
+                    ..
+                } if expected == state => wanted.any_change = true,
+                _ => {}
+            }
+            node = self.event_links.next[node];
+        }
+        let deadline = self.event(barrier).time;
+        // An open compare-and-set needs its expected value to change anything; what needs
+        // it in turn is not followed up: wanting too much only costs time.
+        let mut node = self.open_links.first();
+        while node != self.open_links.tail() && self.open[node - 1].invoked <= deadline {
+            if let Step::Cas { expected, .. } = self.history.steps[self.open[node - 1].op] {
+                if expected != state {
+                    wanted.values.push(expected);
+                }
+            }
+            node = self.open_links.next[node];
+        }
+        if !wanted.any_change {
+            for value in &wanted.values {
+                let producers = self.producers.get(value).map_or(&[][..], Vec::as_slice);
+                wanted
+                    .nodes
+                    .extend(producers.iter().copied().filter(|&node| {
+                        self.open[node - 1].invoked <= deadline && !bit(&self.placed_open, node - 1)
+                    }));
+            }
+            wanted.nodes.sort_unstable();
+            wanted.nodes.dedup();
+        }
+        wanted
     }
 
     /// Whether `op`, placed right after the indeterminate `open` (which was placed from
@@ -849,16 +1001,10 @@ impl<'k, 'h> Search<'k, 'h> {
                 && self.history.steps[open].apply(without) == Some(after))
     }
 
-    fn is_placed(&self, op: usize) -> bool {
-        self.configuration[op / 64] & (1u64 << (op % 64)) != 0
-    }
-
-    fn set_placed(&mut self, op: usize, placed: bool) {
-        let bit = 1u64 << (op % 64);
-        if placed {
-            self.configuration[op / 64] |= bit;
-        } else {
-            self.configuration[op / 64] &= !bit;
+    fn set_placed(&mut self, at: Cursor, op: usize, placed: bool) {
+        match at {
+            Cursor::Event(_) => set_bit(&mut self.placed, op, placed),
+            Cursor::Open { node, .. } => set_bit(&mut self.placed_open, node - 1, placed),
         }
     }
 
@@ -946,6 +1092,33 @@ impl<'k, 'h> Search<'k, 'h> {
         }
         out
     }
+}
+
+fn bit(words: &[u64], index: usize) -> bool {
+    words[index / 64] & (1 << (index % 64)) != 0
+}
+
+fn set_bit(words: &mut [u64], index: usize, on: bool) {
+    if on {
+        words[index / 64] |= 1 << (index % 64);
+    } else {
+        words[index / 64] &= !(1 << (index % 64));
+    }
+}
+
+/// Whether a configuration with indeterminate operations `open` placed, the last one as
+/// `last` ([`Search::last_open_word`]), dominates one with `other_open` and `other_last`
+/// (and the same determinate operations and value); see [`Search::place`].
+fn dominates(open: &[u64], last: u64, other_open: &[u64], other_last: u64) -> bool {
+    (last == 0 || last == other_last) && is_subset(open, other_open)
+}
+
+/// Whether every bit set in `small` is set in `large`.
+fn is_subset(small: &[u64], large: &[u64]) -> bool {
+    small
+        .iter()
+        .zip(large)
+        .all(|(small, large)| small & !large == 0)
 }
 
 fn display_value(value: Option<&str>) -> String {

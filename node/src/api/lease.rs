@@ -36,11 +36,14 @@ const KEEPALIVE_QUEUE: usize = 16;
 
 pub struct LeaseService {
     node: SharedNode,
+    /// Turns true when the member shuts down: keepalive streams end then, so that the
+    /// server's graceful shutdown does not wait for clients to close them.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl LeaseService {
-    pub fn new(node: SharedNode) -> Self {
-        LeaseService { node }
+    pub fn new(node: SharedNode, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        LeaseService { node, stop }
     }
 
     /// Fills in the header fields the store does not know, keeping its revision.
@@ -101,7 +104,7 @@ async fn ask_primary(node: &Node, ask: &Ask) -> Result<Option<Answer>, Status> {
                             .map(|reply| Answer::Renewed(reply.into_inner().ttl))
                     }
                     Ask::TimeToLive(request) => {
-                        let mut request = Request::new(request.clone());
+                        let mut request = Request::new(*request);
                         request.set_timeout(timeout);
                         client
                             .lease_time_to_live(request)
@@ -219,14 +222,27 @@ impl Lease for LeaseService {
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let mut incoming = request.into_inner();
         let node = self.node.clone();
+        let mut stop = self.stop.clone();
         let (answers, outgoing) = tokio::sync::mpsc::channel(KEEPALIVE_QUEUE);
+        let serving = answers.clone();
         // Requests of one stream are answered in order, one at a time, as etcd does.
-        tokio::spawn(async move {
+        let serve = async move {
             while let Ok(Some(request)) = incoming.message().await {
                 let answer = keep_alive(&node, request).await;
                 let failed = answer.is_err();
-                if answers.send(answer).await.is_err() || failed {
+                if serving.send(answer).await.is_err() || failed {
                     return;
+                }
+            }
+        };
+        let stopped = async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                () = serve => {}
+                () = stopped => {
+                    let _ = answers.send(Err(errors::stopped())).await;
                 }
             }
         });

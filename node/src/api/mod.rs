@@ -2,11 +2,14 @@
 //! Raft and store layers and answers with etcd's messages and errors.
 
 pub mod cluster;
+pub mod election;
 pub mod errors;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 mod read_index;
+mod recipes;
 mod txn_check;
 pub mod watch;
 

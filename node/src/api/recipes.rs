@@ -8,13 +8,13 @@
 use prost::Message;
 use tonic::Status;
 
-use super::{lease, SharedNode};
+use super::{errors, lease, txn_check, SharedNode};
 use crate::proto::cairnpb::{raft_request, raft_response};
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::proto::etcdserverpb::{
-    request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse, RequestOp,
-    ResponseHeader, TxnRequest, TxnResponse, WatchCreateRequest,
+    request_op, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, RangeRequest,
+    RangeResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse, WatchCreateRequest,
 };
 use crate::proto::mvccpb::event::EventType;
 use crate::proto::mvccpb::Event;
@@ -25,11 +25,18 @@ use crate::watch::{Created, Output, WatchHub};
 /// `defaultSessionTTL`).
 const DEFAULT_SESSION_TTL: i64 = 60;
 
+fn unexpected() -> Status {
+    Status::internal("etcdserver: the state machine answered a different request")
+}
+
 /// What the Lock and Election services work with.
 #[derive(Clone)]
 pub(super) struct Recipes {
     pub node: SharedNode,
     hub: WatchHub,
+    /// Turns true when the member shuts down: waits end then, so that the server's graceful
+    /// shutdown does not wait for locks and elections.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// etcd's Lock and Election servers return the errors of their in-process client, which are
@@ -39,8 +46,8 @@ pub(super) fn client_error(status: Status) -> Status {
 }
 
 impl Recipes {
-    pub fn new(node: SharedNode, hub: WatchHub) -> Self {
-        Recipes { node, hub }
+    pub fn new(node: SharedNode, hub: WatchHub, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        Recipes { node, hub, stop }
     }
 
     /// The lease of a session (clientv3's `NewSession` with `WithLease`): the given one, or a
@@ -56,14 +63,36 @@ impl Recipes {
 
     pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, Status> {
         self.node.check_quota(request.encoded_len()).await?;
-        match self.node.propose(raft_request::Request::Txn(request)).await? {
+        match self
+            .node
+            .propose(raft_request::Request::Txn(request))
+            .await?
+        {
             raft_response::Response::Txn(mut response) => {
                 response.header = Some(self.complete(response.header));
                 Ok(response)
             }
-            _ => Err(Status::internal(
-                "etcdserver: the state machine answered a different request",
-            )),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// clientv3's `Delete` of one key.
+    pub async fn delete(&self, key: &[u8]) -> Result<DeleteRangeResponse, Status> {
+        let request = DeleteRangeRequest {
+            key: key.to_vec(),
+            ..DeleteRangeRequest::default()
+        };
+        txn_check::check_delete(&request)?;
+        match self
+            .node
+            .propose(raft_request::Request::DeleteRange(request))
+            .await?
+        {
+            raft_response::Response::DeleteRange(mut response) => {
+                response.header = Some(self.complete(response.header));
+                Ok(response)
+            }
+            _ => Err(unexpected()),
         }
     }
 
@@ -129,7 +158,10 @@ impl Recipes {
             ..WatchCreateRequest::default()
         };
         match stream.create(&request) {
-            Created::Watching { .. } => Ok(Watch { stream }),
+            Created::Watching { .. } => Ok(Watch {
+                stream,
+                stop: self.stop.clone(),
+            }),
             Created::Refused { reason, .. } => Err(Status::unknown(reason)),
         }
     }
@@ -138,14 +170,20 @@ impl Recipes {
 /// One watcher's events.
 pub(super) struct Watch {
     stream: crate::watch::WatchStream,
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Watch {
     /// The events of the next revisions that have some, and the header revision that came
-    /// with them. A compacted start ends the watch with etcd's compacted error.
+    /// with them. A compacted start ends the watch with etcd's compacted error, a shutdown
+    /// with "server stopped".
     pub async fn next_with_revision(&mut self) -> Result<(i64, Vec<Event>), Status> {
         loop {
-            match self.stream.next().await? {
+            let output = tokio::select! {
+                output = self.stream.next() => output?,
+                _ = self.stop.wait_for(|stopped| *stopped) => return Err(errors::stopped()),
+            };
+            match output {
                 Output::Events {
                     revision, events, ..
                 } => return Ok((revision, events)),
@@ -227,10 +265,12 @@ pub(super) fn get_op(request: RangeRequest) -> RequestOp {
 
 pub(super) fn delete_op(key: &[u8]) -> RequestOp {
     RequestOp {
-        request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-            key: key.to_vec(),
-            ..DeleteRangeRequest::default()
-        })),
+        request: Some(request_op::Request::RequestDeleteRange(
+            DeleteRangeRequest {
+                key: key.to_vec(),
+                ..DeleteRangeRequest::default()
+            },
+        )),
     }
 }
 
@@ -294,7 +334,10 @@ mod tests {
 
     #[test]
     fn session_keys_print_the_lease_as_go_does() {
-        assert_eq!(session_key(b"n/", 0x694d_7c3d_0a2b_0f05), b"n/694d7c3d0a2b0f05");
+        assert_eq!(
+            session_key(b"n/", 0x694d_7c3d_0a2b_0f05),
+            b"n/694d7c3d0a2b0f05"
+        );
         assert_eq!(session_key(b"n/", -0x1f), b"n/-1f");
         assert_eq!(session_key(b"n/", i64::MIN), b"n/-8000000000000000");
     }

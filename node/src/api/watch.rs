@@ -20,6 +20,9 @@ use crate::watch::{Created, Output, WatchHub, WatchStream};
 /// watchers' queues in the hub fill up, and they fall back to reading history.
 const SEND_BUFFER: usize = 16;
 
+/// Outputs sent back to back before the session looks at requests and shutdown again.
+const BURST: usize = 64;
+
 /// etcd's default progress notification interval (`--experimental-watch-progress-notify-interval`).
 pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -125,11 +128,7 @@ impl Session {
                 }
                 output = self.watchers.next() => match output {
                     Ok(output) => self.respond(output),
-                    Err(error) => {
-                        tracing::error!(%error, "a watch stream cannot read the store's history");
-                        let _ = self.sender.send(Err(error.into())).await;
-                        return;
-                    }
+                    Err(error) => return self.fail(error).await,
                 },
             };
             for response in responses {
@@ -137,7 +136,27 @@ impl Session {
                     return;
                 }
             }
+            // Whatever else is ready goes out without another round of the select: one
+            // publish usually readies several watchers of the stream at once.
+            for _ in 0..BURST {
+                let output = match self.watchers.ready() {
+                    Ok(Some(output)) => output,
+                    Ok(None) => break,
+                    Err(error) => return self.fail(error).await,
+                };
+                for response in self.respond(output) {
+                    if !self.send(response).await {
+                        return;
+                    }
+                }
+            }
         }
+    }
+
+    /// Ends the stream after the store failed to serve it.
+    async fn fail(&self, error: crate::store::KvError) {
+        tracing::error!(%error, "a watch stream cannot read the store's history");
+        let _ = self.sender.send(Err(error.into())).await;
     }
 
     /// Sends one response; false when the stream is over (client gone or member stopping).

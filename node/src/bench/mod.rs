@@ -5,6 +5,7 @@
 
 mod keys;
 mod report;
+mod lease;
 mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -108,6 +109,9 @@ pub enum Workload {
         #[arg(long)]
         prev_kv: bool,
     },
+    /// Benchmark lease keepalives: each client grants a lease, then renews it with one
+    /// keepalive stream per renewal (clientv3's KeepAliveOnce).
+    LeaseKeepalive,
 }
 
 impl Workload {
@@ -117,6 +121,7 @@ impl Workload {
             Workload::Range { .. } => "range",
             Workload::TxnPut { .. } => "txn-put",
             Workload::Watch { .. } => "watch",
+            Workload::LeaseKeepalive => "lease-keepalive",
         }
     }
 }
@@ -164,6 +169,9 @@ async fn execute(args: &BenchArgs) -> anyhow::Result<Summary> {
             prev_kv,
         };
         return watch::execute(args, load).await;
+    }
+    if args.workload == Workload::LeaseKeepalive {
+        return lease::execute(args).await;
     }
     let plan = Arc::new(Plan::new(args)?);
     let channels = connect(&args.endpoints, args.conns).await?;
@@ -360,6 +368,7 @@ impl Plan {
                 })
             }
             Workload::Watch { .. } => unreachable!("the watch workload has its own driver"),
+            Workload::LeaseKeepalive => unreachable!("the lease workload has its own driver"),
         }
     }
 }

@@ -396,3 +396,10 @@ async fn watch_delivers_every_put_to_every_watcher_of_a_real_member() {
     stop.send(()).unwrap();
     member.await.unwrap().unwrap();
 }
+
+#[test]
+fn lease_keepalive_parses_with_the_global_flags() {
+    let args = parse(&["lease-keepalive", "--clients=4", "--total=100"]).unwrap();
+    assert_eq!(args.workload, Workload::LeaseKeepalive);
+    assert_eq!((args.clients, args.total), (4, 100));
+}

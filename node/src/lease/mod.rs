@@ -215,7 +215,9 @@ impl Lessor {
             // One task each: the proposer gathers them into as few log entries as it can.
             tokio::spawn(async move {
                 let revoke = RaftRequest {
-                    request: Some(raft_request::Request::LeaseRevoke(LeaseRevokeRequest { id })),
+                    request: Some(raft_request::Request::LeaseRevoke(LeaseRevokeRequest {
+                        id,
+                    })),
                 };
                 match proposer.propose(revoke).await {
                     Ok(Applied::Response(_)) => {

@@ -210,7 +210,10 @@ impl Store {
     /// batch or snapshot install that changed the lease table, once the change is visible to
     /// readers, with no store lock held, on the thread that applies Raft entries: it must be
     /// quick. Returns false if an observer was already registered.
-    pub fn observe_leases(&self, observer: impl Fn(&[LeaseChange]) + Send + Sync + 'static) -> bool {
+    pub fn observe_leases(
+        &self,
+        observer: impl Fn(&[LeaseChange]) + Send + Sync + 'static,
+    ) -> bool {
         self.inner.lease_observer.set(Box::new(observer)).is_ok()
     }
 
@@ -431,7 +434,6 @@ fn load_state(db: &Database) -> Result<State, StoreError> {
     }
     builder.finish()
 }
-
 
 /// Records the leases a batch granted or revoked in its own transaction.
 fn write_leases(

@@ -187,6 +187,14 @@ impl WatchStream {
         }
     }
 
+    /// The next thing to send if it is ready without waiting.
+    pub fn ready(&mut self) -> Result<Option<Output>, KvError> {
+        Ok(match self.step()? {
+            Step::Send(output) => Some(output),
+            Step::Worked | Step::Idle => None,
+        })
+    }
+
     fn step(&mut self) -> Result<Step, KvError> {
         loop {
             let (delivery, behind) = self.outbox.pop();

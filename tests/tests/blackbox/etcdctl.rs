@@ -10,14 +10,14 @@ use tokio::process::Command;
 
 use crate::harness::{put, Node, NodeOptions, DEADLINE};
 
-/// Runs `etcdctl` against one endpoint.
-struct Etcdctl {
+/// Runs `etcdctl` against one endpoint (the lease, lock and election tests use it too).
+pub(crate) struct Etcdctl {
     endpoint: String,
 }
 
 impl Etcdctl {
     /// Names the node by its URL, `http://127.0.0.1:PORT`.
-    fn new(node: &Node) -> Etcdctl {
+    pub(crate) fn new(node: &Node) -> Etcdctl {
         Etcdctl {
             endpoint: node.endpoint(),
         }
@@ -34,16 +34,24 @@ impl Etcdctl {
         }
     }
 
-    /// Runs `etcdctl --endpoints=E ARGS`, feeding `stdin`, and returns its output.
-    async fn run(&self, args: &[&str], stdin: &str) -> Output {
-        let spawned = Command::new("etcdctl")
+    /// `etcdctl --endpoints=E ARGS`, to run or to spawn.
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("etcdctl");
+        command
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint))
             .args(args)
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs `etcdctl --endpoints=E ARGS`, feeding `stdin`, and returns its output.
+    pub(crate) async fn run(&self, args: &[&str], stdin: &str) -> Output {
+        let spawned = self
+            .command(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn();
         let mut child = match spawned {
             Ok(child) => child,
@@ -66,7 +74,7 @@ impl Etcdctl {
     }
 
     /// Runs a command that must succeed and returns its stdout.
-    async fn ok(&self, args: &[&str]) -> String {
+    pub(crate) async fn ok(&self, args: &[&str]) -> String {
         self.ok_with_stdin(args, "").await
     }
 

@@ -11,6 +11,8 @@ mod errors;
 mod etcdctl;
 mod harness;
 mod kv;
+mod lease;
 mod limits;
+mod lock_election;
 mod txn;
 mod watch;

@@ -34,7 +34,10 @@ fn grant_answers_the_lease_and_keeps_the_revision() {
     let (_dir, store) = open_temp();
     match grant(&store, 7, 30) {
         Ok(Reply::LeaseGrant(response)) => {
-            assert_eq!((response.id, response.ttl, response.error.as_str()), (7, 30, ""));
+            assert_eq!(
+                (response.id, response.ttl, response.error.as_str()),
+                (7, 30, "")
+            );
             assert_eq!(header_revision(&response.header), 1);
         }
         other => panic!("expected a grant response, got {other:?}"),
@@ -125,7 +128,11 @@ fn revoke_deletes_every_attached_key_in_one_revision() {
     assert_eq!(store.lease(1), None);
     // Both deletions are in the revoke's revision, in key order.
     let deleted_at = |key: &[u8]| {
-        let revision = store.inner.state().index[key].changes().last().unwrap().revision;
+        let revision = store.inner.state().index[key]
+            .changes()
+            .last()
+            .unwrap()
+            .revision;
         (revision.main, revision.sub)
     };
     assert_eq!(deleted_at(b"a"), (before + 1, 0));
