@@ -43,35 +43,54 @@
 //!
 //! **Lowe's memoization.** What the search can still do from some point depends only on
 //! the set of operations placed and the register's value, not on the order that led there.
-//! Each such configuration (a bitset plus the value) is explored once; a choice leading to
-//! a configuration seen before is skipped. That bounds the work by the number of
-//! configurations, roughly operations × 2^(concurrent operations) × values, and on a
-//! well-behaved history the search goes almost straight through.
+//! Each such configuration is explored once; a choice leading to a configuration seen
+//! before is skipped. That bounds the work by the number of configurations, roughly
+//! operations × 2^(concurrent operations) × values, and on a well-behaved history the
+//! search goes almost straight through. The set is stored compactly: with operations ranked
+//! by invocation, every rank below the lowest one not placed is placed, and none is placed
+//! that was invoked after that operation returned, so a window about as wide as the
+//! concurrency says it all.
 //!
-//! **Indeterminate operations** would never be part of a barrier (their return is the last
-//! event), so they stay out of the event list, in a side list ordered by invocation, and
-//! are tried after the ordinary candidates, with those invoked before the barrier. Left
-//! alone they would multiply the search: each one is a candidate at every step from its
-//! invocation on, so every subset of them could be placed early. But an indeterminate
-//! operation only needs placing where some operation depends on it. Take a legal order; if
-//! an indeterminate operation in it leaves the value unchanged, or is followed by an
-//! operation that would end at the same value without it (a write or a delete), moving it to the end keeps the order legal; if the next operation is
-//! determinate and would end at the same value placed before it (a compare-and-set that
-//! fails either way), swapping the two keeps the order legal. Repeating such moves ends,
-//! so the search only tries orders where none applies. Whether a move applies depends on
-//! the last operation placed and the value before it, so, when that operation is
-//! indeterminate, both are part of the memoized configuration.
+//! **Indeterminate operations** never form a barrier (their return would be the last
+//! event), so they stay out of the event list, in a side list ordered by invocation, and are
+//! tried after the ordinary candidates, those invoked before the barrier. Left alone they
+//! would multiply the search: each is a candidate at every step from its invocation on, so
+//! any subset of them could be placed anywhere. Three observations keep that in check
+//! without losing any legal order:
+//!
+//! - *Place one only where it is needed.* Take a legal order. If an indeterminate
+//!   operation in it leaves the value unchanged, or the next operation would end at the
+//!   same value without it (a write, a delete), moving it to the end keeps the order legal.
+//!   If the next operation is determinate and would end at the same value placed before it
+//!   (a compare-and-set that fails either way), swapping the two keeps the order legal.
+//!   Each move takes it past a determinate operation, so repeating them ends: only orders
+//!   where no move applies need searching, where every indeterminate operation placed is
+//!   followed by one that depends on it. So the search works out which values the
+//!   candidates for the next place could need and only tries open operations producing
+//!   one; and as what the next operation may be depends on the last operation placed and
+//!   the value before it, both are part of the memoized configuration when that operation
+//!   is indeterminate.
+//! - *Twins go in order.* Open operations with the same effect (two deletes, say) are
+//!   interchangeable, except that the one invoked first may take effect earlier: they are
+//!   placed in invocation order.
+//! - *Fewer used is better.* A configuration dominates another with the same determinate
+//!   operations placed and the same value but a superset of indeterminate ones placed: an
+//!   indeterminate operation not placed yet can still take effect later, or never, so
+//!   whatever finishes from the second finishes from the first. A configuration that a
+//!   recently explored one dominates is skipped, so an indeterminate operation used up to
+//!   no lasting effect does not double the work that follows.
 //!
 //! **Budget.** A search that is exponential in the worst case gets a budget of steps and
 //! time per key ([`Budget`]); running out is reported as [`CheckResult::Unknown`], never as
 //! a violation.
 //!
 //! **Explanation.** A violation is only declared once every configuration has been
-//! explored, so the furthest barrier the search ever reached is exactly where the history
-//! stops being linearizable: all operations completed before that barrier's operation fit
-//! a legal order, and no legal order takes in that operation as well. The report names that
-//! operation, the values the register could hold just before it, the operations still open
-//! at that point, and one longest legal order found.
+//! explored (or found dominated by one that was), so the furthest barrier the search ever
+//! reached is exactly where the history stops being linearizable: all operations completed
+//! before that barrier's operation fit a legal order, and no legal order takes in that
+//! operation as well. The report names that operation, the values the register could hold
+//! just before it, the operations still open at that point, and one longest legal order
+//! found.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::{self, Write as _};
@@ -658,18 +677,24 @@ struct Search<'k, 'h> {
     /// The nodes of the open list whose operation may produce each value, in list order.
     producers: HashMap<Value, Vec<usize>>,
     open_links: Links,
-    /// The determinate operations placed (one bit per operation of the key) and, in a last
-    /// word, the register's value.
+    /// Each determinate operation's rank: the position of its call among the calls.
+    rank: Vec<usize>,
+    /// For each rank, how many calls come before that operation's return: while it is not
+    /// placed, nothing of that rank or higher can be.
+    reach: Vec<usize>,
+    /// The determinate operations placed, one bit per rank.
     placed: Vec<u64>,
+    /// The lowest rank not placed.
+    low: usize,
     /// The indeterminate operations placed, one bit per node of the open list.
     placed_open: Vec<u64>,
-    /// Every configuration explored: `placed`, `placed_open` and
-    /// [`Search::last_open_word`], end to end.
+    /// Every configuration explored, encoded by [`Search::encode`].
     explored: HashSet<Vec<u64>>,
-    /// For each `placed`, the last few `placed_open` sets (with their last open word)
-    /// explored with it, to check whether a new configuration is dominated.
+    /// For each determinate part of an encoded configuration, the last few `placed_open`
+    /// sets explored with it, each with its [`Search::last_open_word`], to check whether a
+    /// new configuration is dominated.
     recent: HashMap<Vec<u64>, Vec<(Vec<u64>, u64)>>,
-    /// Scratch space for a key of `explored`.
+    /// Scratch space for an encoded configuration.
     key: Vec<u64>,
     frontier: Frontier,
 }
@@ -706,9 +731,16 @@ impl<'k, 'h> Search<'k, 'h> {
             })
             .collect();
         let mut return_nodes = vec![0; history.ops.len()];
+        let mut rank = vec![0; history.ops.len()];
+        let mut reach = vec![0; events.len() / 2];
+        let mut calls = 0;
         for (position, &(_, is_return, op)) in events.iter().enumerate() {
             if is_return {
                 return_nodes[op] = position + 1;
+                reach[rank[op]] = calls;
+            } else {
+                rank[op] = calls;
+                calls += 1;
             }
         }
         let events: Vec<Event> = events
@@ -727,7 +759,10 @@ impl<'k, 'h> Search<'k, 'h> {
             placed_open: vec![0; open.len().div_ceil(64)],
             open,
             producers,
-            placed: vec![0; history.ops.len().div_ceil(64) + 1],
+            placed: vec![0; calls.div_ceil(64)],
+            low: 0,
+            rank,
+            reach,
             explored: HashSet::new(),
             recent: HashMap::new(),
             key: Vec::new(),
@@ -758,12 +793,10 @@ impl<'k, 'h> Search<'k, 'h> {
             if self.event_links.first() == self.event_links.tail() {
                 // Every determinate operation is placed; indeterminate ones still open
                 // take effect after them, or never.
-                eprintln!("LIN steps={steps} explored={} ops={} open={} depth={}", self.explored.len(), self.history.ops.len(), self.open.len(), placed.len());
                 return Verdict::Linearizable;
             }
             steps += 1;
             if steps > budget.max_steps {
-                eprintln!("EXH steps={steps} explored={} keys={} ops={} open={} depth={} frontier={} of {}", self.explored.len(), self.recent.len(), self.history.ops.len(), self.open.len(), placed.len(), self.frontier.barrier, self.events.len());
                 return Verdict::Exhausted;
             }
             if steps == next_clock_reading {
@@ -835,7 +868,6 @@ impl<'k, 'h> Search<'k, 'h> {
                     }
                     // Nothing more can go before the barrier: take back the last choice.
                     let Some(choice) = placed.pop() else {
-                        eprintln!("VIOL steps={steps} explored={} keys={} ops={} open={} frontier={} of {}", self.explored.len(), self.recent.len(), self.history.ops.len(), self.open.len(), self.frontier.barrier, self.events.len());
                         return Verdict::Violation(self.explain());
                     };
                     self.set_placed(choice.at, choice.op, false);
@@ -865,16 +897,14 @@ impl<'k, 'h> Search<'k, 'h> {
     /// Tries to place `op`, found at `at`, next, from register value `state`, after
     /// `open_top` (the last operation placed, with the value before it, if it is
     /// indeterminate): the value after `op`, or `None` if the model rejects it, a pruning
-    /// rule forbids it, or the configuration it leads to is dominated by one explored
-    /// already. On success `op` is marked placed.
+    /// rule forbids it, or the configuration it leads to was explored already or is
+    /// dominated by one explored recently. On success `op` is marked placed.
     ///
     /// A configuration dominates another with the same determinate operations placed, the
     /// same value, and a superset of indeterminate operations placed (with the same last
-    /// operation, or any if its own last is determinate): any way to finish from the other
-    /// also finishes from it, as an indeterminate operation not placed yet can take effect
-    /// later, or never. Plain equality would do for the correctness of memoization; the
-    /// point of dominance is that an indeterminate operation placed to no lasting effect
-    /// does not double the configurations that follow.
+    /// operation, or any if its own last is determinate, as the last one restricts what
+    /// may follow): any way to finish from the other also finishes from it, as an
+    /// indeterminate operation not placed yet can take effect later, or never.
     fn place(
         &mut self,
         at: Cursor,
@@ -892,38 +922,78 @@ impl<'k, 'h> Search<'k, 'h> {
             return None;
         }
         self.set_placed(at, op, true);
-        let last = self.placed.len() - 1;
-        self.placed[last] = u64::from(after);
         let last_open = if determinate {
             0
         } else {
             Self::last_open_word(op, state)
         };
-        self.key.clear();
-        self.key.extend_from_slice(&self.placed);
-        self.key.extend_from_slice(&self.placed_open);
-        self.key.push(last_open);
-        let dominated = if self.explored.contains(self.key.as_slice()) {
-            true
-        } else {
+        let determinate_part = self.encode(after, last_open);
+        let dominated = false && {
             self.explored.insert(self.key.clone());
-            let recent = self.recent.entry(self.placed.clone()).or_default();
-            let dominated = recent
-                .iter()
-                .any(|(open, last)| dominates(open, *last, &self.placed_open, last_open));
-            if !dominated {
-                if recent.len() == RECENT_DOMINATORS {
-                    recent.remove(0);
-                }
-                recent.push((self.placed_open.clone(), last_open));
-            }
-            dominated
+            // Without indeterminate operations dominance is equality, checked just above.
+            !self.open.is_empty() && self.is_recently_dominated(determinate_part, last_open)
         };
         if dominated {
             self.set_placed(at, op, false);
             return None;
         }
         Some(after)
+    }
+
+    /// Whether the configuration in `key` (whose determinate part is that long, and whose
+    /// last open word is `last_open`) is dominated by one recently explored; if not, it is
+    /// recorded as such.
+    fn is_recently_dominated(&mut self, determinate_part: usize, last_open: u64) -> bool {
+        let determinate_key = &self.key[..determinate_part];
+        if !self.recent.contains_key(determinate_key) {
+            self.recent.insert(determinate_key.to_vec(), Vec::new());
+        }
+        let recent = self
+            .recent
+            .get_mut(determinate_key)
+            .expect("inserted above");
+        let dominated = recent
+            .iter()
+            .any(|(open, last)| dominates(open, *last, &self.placed_open, last_open));
+        if !dominated {
+            if recent.len() == RECENT_DOMINATORS {
+                recent.remove(0);
+            }
+            recent.push((self.placed_open.clone(), last_open));
+        }
+        dominated
+    }
+
+    /// Encodes the configuration into `key`: the lowest rank not placed, the register's
+    /// value `state`, the bits of the ranks from there up to its reach (a window as wide as
+    /// the concurrency, where a bitset of all operations would make memory and hashing grow
+    /// with the history), then `last_open` and the indeterminate operations placed. Returns
+    /// the length of the determinate part (the first three).
+    fn encode(&mut self, state: Value, last_open: u64) -> usize {
+        self.key.clear();
+        self.key.push(self.low as u64);
+        self.key.push(u64::from(state));
+        // `low` is only the number of ranks when all are placed, and then the search is over.
+        let reach = self.reach.get(self.low).copied().unwrap_or(self.low);
+        let mut start = self.low;
+        while start < reach {
+            let (word, shift) = (start / 64, start % 64);
+            let mut bits = self.placed[word] >> shift;
+            if shift > 0 {
+                if let Some(next) = self.placed.get(word + 1) {
+                    bits |= next << (64 - shift);
+                }
+            }
+            if reach - start < 64 {
+                bits &= (1 << (reach - start)) - 1;
+            }
+            self.key.push(bits);
+            start += 64;
+        }
+        let determinate_part = self.key.len();
+        self.key.push(last_open);
+        self.key.extend_from_slice(&self.placed_open);
+        determinate_part
     }
 
     /// The memoized trace of an indeterminate `op` placed last from value `before`, on
@@ -1003,7 +1073,16 @@ impl<'k, 'h> Search<'k, 'h> {
 
     fn set_placed(&mut self, at: Cursor, op: usize, placed: bool) {
         match at {
-            Cursor::Event(_) => set_bit(&mut self.placed, op, placed),
+            Cursor::Event(_) => {
+                let rank = self.rank[op];
+                set_bit(&mut self.placed, rank, placed);
+                if !placed {
+                    self.low = self.low.min(rank);
+                }
+                while self.low < self.reach.len() && bit(&self.placed, self.low) {
+                    self.low += 1;
+                }
+            }
             Cursor::Open { node, .. } => set_bit(&mut self.placed_open, node - 1, placed),
         }
     }

@@ -179,8 +179,7 @@ async fn receive(
         last_event: Instant::now(),
     };
     while outcome.missing > 0 {
-        let response = match tokio::time::timeout(DRAIN_TIMEOUT, stream.responses.message()).await
-        {
+        let response = match tokio::time::timeout(DRAIN_TIMEOUT, stream.responses.message()).await {
             Ok(Ok(Some(response))) => response,
             Ok(Ok(None)) => {
                 let _ = first_error.set("the server ended a watch stream".to_owned());
@@ -227,7 +226,8 @@ async fn write(
     let mut rng = SplitMix64::new(0);
     let mut value = rng.bytes(args.val_size);
     let mut pace = (rate > 0).then(|| {
-        let mut interval = tokio::time::interval(Duration::from_secs(1) / rate.min(1_000_000) as u32);
+        let mut interval =
+            tokio::time::interval(Duration::from_secs(1) / rate.min(1_000_000) as u32);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         interval
     });

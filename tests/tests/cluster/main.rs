@@ -10,6 +10,7 @@ mod failover;
 mod faults;
 mod harness;
 mod leadership;
+mod lease;
 mod membership;
 mod netns;
 mod partition;
