@@ -928,7 +928,7 @@ impl<'k, 'h> Search<'k, 'h> {
             Self::last_open_word(op, state)
         };
         let determinate_part = self.encode(after, last_open);
-        let dominated = false && {
+        let dominated = self.explored.contains(self.key.as_slice()) || {
             self.explored.insert(self.key.clone());
             // Without indeterminate operations dominance is equality, checked just above.
             !self.open.is_empty() && self.is_recently_dominated(determinate_part, last_open)

@@ -139,7 +139,8 @@ impl Lessor {
             changes: watch::Sender::new(0),
             ids: IdGenerator::new(member_id),
         });
-        // Weak: the store outlives nothing here, and a strong reference would be a cycle.
+        // Weak: the store keeps the observer and the lessor keeps the store, so a strong
+        // reference would keep both alive for good.
         let observer = Arc::downgrade(&inner);
         let registered = store.observe_leases(move |changes| {
             if let Some(inner) = Weak::upgrade(&observer) {
