@@ -92,8 +92,9 @@
 //! just before it, the operations still open at that point, and one longest legal order
 //! found.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::{self, Write as _};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -149,8 +150,10 @@ impl Op {
     /// The key the operation touches.
     pub fn key(&self) -> &str {
         match self {
-            Self::Read { key } | Self::Write { key, .. } | Self::Cas { key, .. } => key,
-            Self::Delete { key } => key,
+            Self::Read { key }
+            | Self::Write { key, .. }
+            | Self::Cas { key, .. }
+            | Self::Delete { key } => key,
         }
     }
 
@@ -361,12 +364,14 @@ pub struct Budget {
 }
 
 impl Default for Budget {
-    /// Generous for the fault tests: a healthy history of thousands of operations per key
-    /// needs a small fraction of this.
+    /// Generous for the fault tests: a history of thousands of operations per key, a few
+    /// concurrent clients and tens of indeterminate operations, linearizable or not, needs
+    /// around a second in a debug build. Memory grows with the steps taken, to a few
+    /// hundred MB at the limit.
     fn default() -> Self {
         Self {
             max_steps: 20_000_000,
-            max_time: Duration::from_secs(60),
+            max_time: Duration::from_secs(30),
         }
     }
 }
@@ -675,12 +680,12 @@ struct Search<'k, 'h> {
     /// Indeterminate operations: node `n` is `open[n - 1]`, in order of invocation.
     open: Vec<OpenOp>,
     /// The nodes of the open list whose operation may produce each value, in list order.
-    producers: HashMap<Value, Vec<usize>>,
+    producers: FastMap<Value, Vec<usize>>,
     open_links: Links,
     /// Each determinate operation's rank: the position of its call among the calls.
     rank: Vec<usize>,
     /// For each rank, how many calls come before that operation's return: while it is not
-    /// placed, nothing of that rank or higher can be.
+    /// placed, no rank from that number on can be.
     reach: Vec<usize>,
     /// The determinate operations placed, one bit per rank.
     placed: Vec<u64>,
@@ -689,11 +694,11 @@ struct Search<'k, 'h> {
     /// The indeterminate operations placed, one bit per node of the open list.
     placed_open: Vec<u64>,
     /// Every configuration explored, encoded by [`Search::encode`].
-    explored: HashSet<Vec<u64>>,
+    explored: HashSet<Vec<u64>, BuildHasherDefault<WordHasher>>,
     /// For each determinate part of an encoded configuration, the last few `placed_open`
     /// sets explored with it, each with its [`Search::last_open_word`], to check whether a
     /// new configuration is dominated.
-    recent: HashMap<Vec<u64>, Vec<(Vec<u64>, u64)>>,
+    recent: FastMap<Vec<u64>, VecDeque<(Vec<u64>, u64)>>,
     /// Scratch space for an encoded configuration.
     key: Vec<u64>,
     frontier: Frontier,
@@ -714,7 +719,7 @@ impl<'k, 'h> Search<'k, 'h> {
         }
         events.sort_unstable();
         open.sort_unstable();
-        let mut producers: HashMap<Value, Vec<usize>> = HashMap::new();
+        let mut producers: FastMap<Value, Vec<usize>> = HashMap::default();
         for (position, &(_, op)) in open.iter().enumerate() {
             if let Step::Write(value) | Step::Cas { new: value, .. } = history.steps[op] {
                 producers.entry(value).or_default().push(position + 1);
@@ -763,8 +768,8 @@ impl<'k, 'h> Search<'k, 'h> {
             low: 0,
             rank,
             reach,
-            explored: HashSet::new(),
-            recent: HashMap::new(),
+            explored: HashSet::default(),
+            recent: HashMap::default(),
             key: Vec::new(),
             frontier: Frontier {
                 barrier: HEAD,
@@ -941,25 +946,30 @@ impl<'k, 'h> Search<'k, 'h> {
     }
 
     /// Whether the configuration in `key` (whose determinate part is that long, and whose
-    /// last open word is `last_open`) is dominated by one recently explored; if not, it is
-    /// recorded as such.
+    /// last open word is `last_open`) is dominated by one explored recently; if not, it
+    /// becomes one of those.
     fn is_recently_dominated(&mut self, determinate_part: usize, last_open: u64) -> bool {
         let determinate_key = &self.key[..determinate_part];
         if !self.recent.contains_key(determinate_key) {
-            self.recent.insert(determinate_key.to_vec(), Vec::new());
+            self.recent
+                .insert(determinate_key.to_vec(), VecDeque::new());
         }
         let recent = self
             .recent
             .get_mut(determinate_key)
             .expect("inserted above");
-        let dominated = recent
-            .iter()
-            .any(|(open, last)| dominates(open, *last, &self.placed_open, last_open));
+        // With no indeterminate operation placed, only an equal configuration could
+        // dominate, and equality was checked already.
+        let any_open = self.placed_open.iter().any(|&word| word != 0);
+        let dominated = any_open
+            && recent
+                .iter()
+                .any(|(open, last)| dominates(open, *last, &self.placed_open, last_open));
         if !dominated {
             if recent.len() == RECENT_DOMINATORS {
-                recent.remove(0);
+                recent.pop_front();
             }
-            recent.push((self.placed_open.clone(), last_open));
+            recent.push_back((self.placed_open.clone(), last_open));
         }
         dominated
     }
@@ -968,12 +978,12 @@ impl<'k, 'h> Search<'k, 'h> {
     /// value `state`, the bits of the ranks from there up to its reach (a window as wide as
     /// the concurrency, where a bitset of all operations would make memory and hashing grow
     /// with the history), then `last_open` and the indeterminate operations placed. Returns
-    /// the length of the determinate part (the first three).
+    /// the length of the part before `last_open`.
     fn encode(&mut self, state: Value, last_open: u64) -> usize {
         self.key.clear();
         self.key.push(self.low as u64);
         self.key.push(u64::from(state));
-        // `low` is only the number of ranks when all are placed, and then the search is over.
+        // Past the last rank (all placed: the search is about to succeed) the window is empty.
         let reach = self.reach.get(self.low).copied().unwrap_or(self.low);
         let mut start = self.low;
         while start < reach {
@@ -1173,6 +1183,42 @@ impl<'k, 'h> Search<'k, 'h> {
     }
 }
 
+/// A hash map keyed by the search's words and values, with [`WordHasher`].
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<WordHasher>>;
+
+/// A hasher for the search's keys, which are words of bits: far cheaper than the default
+/// SipHash, whose resistance to crafted collisions the checker has no use for.
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.write_u64(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        for &byte in chunks.remainder() {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        // Multiplying by an odd constant (2^64 / golden ratio) carries every bit of the
+        // word into the bits above it; folding the high half back down lets the high bits
+        // reach the low ones too, as the table uses both.
+        let mixed = (self.0 ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = mixed ^ (mixed >> 32);
+    }
+
+    fn write_usize(&mut self, word: usize) {
+        self.write_u64(word as u64);
+    }
+}
+
 fn bit(words: &[u64], index: usize) -> bool {
     words[index / 64] & (1 << (index % 64)) != 0
 }
@@ -1194,10 +1240,16 @@ fn dominates(open: &[u64], last: u64, other_open: &[u64], other_last: u64) -> bo
 
 /// Whether every bit set in `small` is set in `large`.
 fn is_subset(small: &[u64], large: &[u64]) -> bool {
-    small
-        .iter()
-        .zip(large)
-        .all(|(small, large)| small & !large == 0)
+    // A plain loop: this is the innermost loop of the dominance check, and the tests
+    // crate is built without optimization, where iterator adaptors cost calls.
+    let mut word = 0;
+    while word < small.len() {
+        if small[word] & !large[word] != 0 {
+            return false;
+        }
+        word += 1;
+    }
+    true
 }
 
 fn display_value(value: Option<&str>) -> String {

@@ -4,8 +4,8 @@
 //! against etcd itself and the figures compared directly.
 
 mod keys;
-mod report;
 mod lease;
+mod report;
 mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,6 +1,8 @@
-//! The checker's own tests: hand-written histories with a known verdict, random histories
-//! from a sequential model (and one-answer mutations of them), the recorder under tokio,
-//! and the time a fault-test-sized history takes.
+//! The checker's own tests: hand-written histories with a known verdict; histories built to
+//! make a search without its pruning explode; random histories from a sequential model
+//! (which must pass) and one-answer mutations of them (which must fail); small random
+//! histories with arbitrary answers, against a brute-force search; the recorder under
+//! tokio; and the time a fault-test-sized history takes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -266,22 +266,6 @@ async fn etcdctl_endpoint_status_reports_version_db_size_and_leader() {
     assert!(u64_at(status, "/Status/raftTerm") > 0, "{status}");
 }
 
-/// etcdctl dials each endpoint of `endpoint status` / `endpoint hashkv` on its own, and
-/// then sends the endpoint as given, `http://127.0.0.1:PORT`, as the HTTP/2 `:authority`;
-/// etcd accepts that.
-#[tokio::test]
-async fn etcdctl_endpoint_commands_work_with_endpoints_given_as_urls() {
-    let node = Node::start(NodeOptions::default()).await;
-    let ctl = Etcdctl::new(&node);
-
-    let json = ctl.json(&["endpoint", "status"]).await;
-    assert_eq!(str_at(&json, "/0/Endpoint"), node.endpoint());
-    let member = u64_at(&json, "/0/Status/header/member_id");
-    assert_eq!(u64_at(&json, "/0/Status/leader"), member);
-    let json = ctl.json(&["endpoint", "hashkv"]).await;
-    assert_eq!(str_at(&json, "/0/Endpoint"), node.endpoint());
-}
-
 #[tokio::test]
 async fn etcdctl_member_list_shows_the_member() {
     let node = Node::start(NodeOptions::default().name("ctl-node")).await;
