@@ -2,6 +2,7 @@
 //! shutdown when the given future completes.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -10,7 +11,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::api::watch::{WatchService, WatchSettings};
 use crate::api::{
     cluster::ClusterService, election::ElectionService, kv::KvService, lease::LeaseService,
-    lock::LockService, maintenance::MaintenanceService, Node, NodeParts,
+    lock::LockService, maintenance::MaintenanceService, read_index::ReadIndexBatcher, Node,
 };
 use crate::config::ServerConfig;
 use crate::lease::Lessor;
@@ -89,7 +90,7 @@ pub async fn run(
         config.member_id,
         config.raft.election_timeout,
     );
-    let node = Node::start(NodeParts {
+    let node = Arc::new(Node {
         member_id: config.member_id,
         cluster_id: config.cluster_id,
         raft: raft_node.raft.clone(),
@@ -101,6 +102,7 @@ pub async fn run(
         election_timeout: config.raft.election_timeout,
         limits: config.limits.clone(),
         lessor: lessor.clone(),
+        read_index: ReadIndexBatcher::default(),
         leader_wait: config.raft.election_timeout * 3,
     });
 

@@ -8,7 +8,7 @@ pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
-mod read_index;
+pub mod read_index;
 mod recipes;
 mod txn_check;
 pub mod watch;
@@ -71,43 +71,6 @@ pub enum Route {
 }
 
 pub type SharedNode = Arc<Node>;
-
-/// What a `Node` is made of, before its background rounds start.
-pub struct NodeParts {
-    pub member_id: MemberId,
-    pub cluster_id: u64,
-    pub raft: Raft,
-    pub proposer: Proposer,
-    pub store: Store,
-    pub log: crate::raft::LogStore,
-    pub peers: Peers,
-    pub cluster_token: String,
-    pub election_timeout: Duration,
-    pub limits: Limits,
-    pub lessor: crate::lease::Lessor,
-    pub leader_wait: Duration,
-}
-
-impl Node {
-    /// Builds the shared node and starts its read-index rounds.
-    pub fn start(parts: NodeParts) -> SharedNode {
-        Arc::new_cyclic(|node| Node {
-            member_id: parts.member_id,
-            cluster_id: parts.cluster_id,
-            raft: parts.raft,
-            proposer: parts.proposer,
-            store: parts.store,
-            log: parts.log,
-            peers: parts.peers,
-            cluster_token: parts.cluster_token,
-            election_timeout: parts.election_timeout,
-            limits: parts.limits,
-            read_index: read_index::ReadIndexBatcher::start(node.clone()),
-            lessor: parts.lessor,
-            leader_wait: parts.leader_wait,
-        })
-    }
-}
 
 impl Node {
     /// etcd's response header; `revision` is the store revision the answer reflects.
@@ -193,7 +156,7 @@ impl Node {
     /// following local read is linearizable: the leader confirms its commit index with a
     /// quorum (read index), then this member waits to have applied up to it.
     pub async fn read_barrier(&self) -> Result<(), Status> {
-        let read_index = self.read_index.read_index().await?;
+        let read_index = self.read_index.read_index(self.fetch_read_index()).await?;
         self.raft
             .wait(Some(self.leader_wait))
             .applied_index_at_least(Some(read_index), "linearizable read")
