@@ -22,7 +22,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
-use crate::raft::{PeerService, Peers};
+use crate::raft::{Forwarder, PeerService, Peers};
 use crate::watch::{HubLimits, WatchHub};
 
 /// etcd lets a gRPC message exceed `--max-request-bytes` by this much so the request itself,
@@ -97,6 +97,7 @@ pub async fn run(
         proposer: raft_node.proposer.clone(),
         store: raft_node.store.clone(),
         log: raft_node.log.clone(),
+        forwarder: Forwarder::start(peers.clone()),
         peers,
         cluster_token: config.cluster_token.clone(),
         election_timeout: config.raft.election_timeout,

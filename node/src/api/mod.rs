@@ -25,7 +25,7 @@ use crate::proto::cairnpb::{raft_request, raft_response, RaftRequest};
 use crate::proto::etcdserverpb::{
     alarm_request::AlarmAction, AlarmRequest, AlarmType, ResponseHeader,
 };
-use crate::raft::{Applied, Member, MemberId, Peers, Proposer, Raft};
+use crate::raft::{Applied, Forwarder, Member, MemberId, Peers, Proposer, Raft};
 use crate::store::Store;
 
 /// Limits an operator sets, with etcd's defaults.
@@ -55,6 +55,7 @@ pub struct Node {
     pub store: Store,
     pub log: crate::raft::LogStore,
     pub peers: Peers,
+    pub forwarder: Forwarder,
     pub cluster_token: String,
     pub election_timeout: Duration,
     pub limits: Limits,
@@ -115,14 +116,7 @@ impl Node {
     }
 
     async fn forward(&self, leader: &Member, proposal: RaftRequest) -> Result<Applied, Status> {
-        let mut client = self.peers.client(leader).map_err(|_| errors::no_leader())?;
-        let reply = client
-            .propose(proposal)
-            .await
-            .map_err(errors::from_peer_status)?;
-        postcard::from_bytes(&reply.get_ref().applied).map_err(|e| {
-            Status::internal(format!("cairn: undecodable answer from the leader: {e}"))
-        })
+        self.forwarder.forward(leader, proposal).await
     }
 
     /// The leader to send a request to, waiting a while for an election to finish.

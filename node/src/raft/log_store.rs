@@ -1,32 +1,69 @@
-//! The Raft log on redb, with group commit.
+//! The Raft log: an append-only file (a write-ahead log), with group commit.
 //!
-//! openraft hands the log one `append` per client write. Fsyncing each of them in turn would
+//! openraft hands the log one `append` per proposal. Fsyncing each of them in turn would
 //! cap throughput at one write per disk flush, so `append` only records the entries in memory
 //! (where readers find them at once) and queues them for a writer thread. The writer takes
-//! everything queued since its last flush, writes it in one redb transaction, fsyncs once,
-//! and only then tells openraft the entries are durable. Under load a single fsync covers
-//! every write that arrived while the previous one was in progress.
+//! everything queued since its last flush, appends it to the file in one write, calls
+//! `fdatasync` once, and only then tells openraft the entries are durable. Under load a
+//! single flush covers every write that arrived while the previous one was in progress.
+//!
+//! # The file
+//! A sequence of records, each `[length: u32 LE][crc32 of the body: u32 LE][body]`, the body
+//! a postcard-encoded [`Record`]. Replaying them in order rebuilds the log: an entry, a
+//! truncation, a purge or a vote. A record the process died while writing (short, or failing
+//! its checksum) ends the replay and is cut off; nothing after it was ever acknowledged.
+//! Purges make most of the file dead; once it is large and mostly dead, the writer rewrites
+//! it with only what is live (the vote, the purge point and the entries in memory) and
+//! renames the new file over the old.
+//!
+//! A B-tree (redb, as the state store uses) cost about six page writes per append; one
+//! sequential write is what a log needs.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::io;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::RangeBounds;
-use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{RaftLogId, RaftLogReader, StorageIOError};
-use redb::{Database, Durability, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const VOTE_KEY: &str = "vote";
-const LOG_CACHE_BYTES: usize = 8 * 1024 * 1024;
-const PURGED_KEY: &str = "last_purged";
+/// Bytes before a record's body: its length and its checksum.
+const RECORD_HEADER: usize = 8;
+/// A record longer than this is damage, not data (an entry carries at most a few MiB).
+const MAX_RECORD: usize = 1 << 30;
+/// The file is rewritten when it exceeds this size (tests choose less)...
+const REWRITE_MIN_BYTES: u64 = 64 * 1024 * 1024;
+/// ...and holds more than this many times the bytes still live.
+const REWRITE_RATIO: u64 = 4;
+
+/// One change to the log, as read back from the file.
+#[derive(Debug, Deserialize)]
+enum Record {
+    Entry(Entry),
+    /// Entries from this index on are gone (a new leader overwrote them).
+    Truncate(u64),
+    /// Entries up to and including this one are gone (covered by a snapshot).
+    Purge(LogId),
+    Vote(Vote),
+}
+
+/// A [`Record`] as written: the same variants in the same order (so the same encoding), the
+/// entry borrowed so that appending does not copy it.
+#[derive(Debug, Serialize)]
+enum RecordRef<'a> {
+    Entry(&'a Entry),
+    Truncate(u64),
+    Purge(LogId),
+    Vote(Vote),
+}
 
 /// The log as openraft sees it: a handle shared by the log storage and its readers.
 #[derive(Clone)]
@@ -37,7 +74,7 @@ pub struct LogStore {
 struct Shared {
     // A std mutex: it is held only to copy entries in or out, never across an await.
     memory: Mutex<LogMemory>,
-    // Sending is cheap and never blocks; the writer thread owns the database.
+    // Sending is cheap and never blocks; the writer thread owns the file.
     writer: Mutex<mpsc::Sender<WriteOp>>,
 }
 
@@ -49,65 +86,63 @@ struct LogMemory {
 }
 
 enum WriteOp {
-    Append {
-        entries: Vec<(u64, Vec<u8>)>,
-        flushed: LogFlushed<TypeConfig>,
-    },
-    Truncate {
-        since: u64,
-    },
-    Purge {
-        upto: u64,
-        record: Vec<u8>,
-    },
-    Meta {
-        key: &'static str,
-        record: Vec<u8>,
-        done: oneshot::Sender<io::Result<()>>,
-    },
+    /// Encoded records, and whom to tell once they are durable.
+    Records { bytes: Vec<u8>, done: Done },
+}
+
+enum Done {
+    Flushed(LogFlushed<TypeConfig>),
+    Saved(oneshot::Sender<io::Result<()>>),
+    Nobody,
 }
 
 impl LogStore {
     /// Opens (or creates) the log file and loads the unpurged entries into memory.
     pub fn open(path: &Path) -> anyhow::Result<LogStore> {
-        // Entries are served from memory, so redb's cache (1 GiB by default) only needs to
-        // hold the pages being written.
-        let db = Database::builder()
-            .set_cache_size(LOG_CACHE_BYTES)
-            .create(path)?;
+        LogStore::open_with(path, REWRITE_MIN_BYTES)
+    }
+
+    /// [`LogStore::open`], rewriting the file once it exceeds `rewrite_min_bytes` (and is
+    /// mostly dead).
+    fn open_with(path: &Path, rewrite_min_bytes: u64) -> anyhow::Result<LogStore> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
         let mut memory = LogMemory::default();
-        {
-            let txn = db.begin_write()?;
-            txn.open_table(LOG)?;
-            txn.open_table(META)?;
-            txn.commit()?;
+        let valid = replay(&mut file, &mut memory)?;
+        let length = file.metadata()?.len();
+        if valid < length {
+            tracing::warn!(
+                path = %path.display(),
+                kept = valid,
+                dropped = length - valid,
+                "cutting off the raft log's torn tail"
+            );
+            file.set_len(valid)?;
+            file.sync_all()?;
         }
-        {
-            let txn = db.begin_read()?;
-            let log = txn.open_table(LOG)?;
-            for row in log.iter()? {
-                let (index, record) = row?;
-                let entry: Entry = postcard::from_bytes(record.value())?;
-                memory.entries.insert(index.value(), entry);
-            }
-            let meta = txn.open_table(META)?;
-            if let Some(record) = meta.get(VOTE_KEY)? {
-                memory.vote = Some(postcard::from_bytes(record.value())?);
-            }
-            if let Some(record) = meta.get(PURGED_KEY)? {
-                memory.last_purged = Some(postcard::from_bytes(record.value())?);
-            }
-        }
+        file.seek(SeekFrom::Start(valid))?;
+        // The file's name must survive a crash as surely as its contents.
+        sync_parent(path)?;
         let (sender, receiver) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            memory: Mutex::new(memory),
+            writer: Mutex::new(sender),
+        });
+        let writer = Writer {
+            path: path.to_path_buf(),
+            file,
+            length: valid,
+            rewrite_min_bytes,
+            shared: Arc::downgrade(&shared),
+        };
         thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_loop(db, receiver))?;
-        Ok(LogStore {
-            shared: Arc::new(Shared {
-                memory: Mutex::new(memory),
-                writer: Mutex::new(sender),
-            }),
-        })
+            .spawn(move || writer.run(receiver))?;
+        Ok(LogStore { shared })
     }
 
     /// The index of the newest entry, or of the last purged one when the log is empty.
@@ -122,84 +157,206 @@ impl LogStore {
             .unwrap_or(0)
     }
 
-    fn memory(&self) -> std::sync::MutexGuard<'_, LogMemory> {
-        self.shared
-            .memory
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn memory(&self) -> MutexGuard<'_, LogMemory> {
+        self.shared.memory()
     }
 
-    fn send(&self, op: WriteOp) -> io::Result<()> {
+    fn send(&self, bytes: Vec<u8>, done: Done) -> io::Result<()> {
         self.shared
             .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .send(op)
+            .send(WriteOp::Records { bytes, done })
             .map_err(|_| io::Error::other("the raft log writer has stopped"))
     }
+}
 
-    async fn save_meta(&self, key: &'static str, record: Vec<u8>) -> Result<(), io::Error> {
-        let (done, wait) = oneshot::channel();
-        self.send(WriteOp::Meta { key, record, done })?;
-        wait.await
-            .map_err(|_| io::Error::other("the raft log writer has stopped"))?
+impl Shared {
+    fn memory(&self) -> MutexGuard<'_, LogMemory> {
+        self.memory
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-/// Drains every queued operation, writes them in one transaction, fsyncs once, then reports.
-fn write_loop(db: Database, receiver: mpsc::Receiver<WriteOp>) {
-    while let Ok(first) = receiver.recv() {
-        let mut ops = vec![first];
-        ops.extend(receiver.try_iter());
-        let result = write_batch(&db, &ops).map_err(|e| e.to_string());
-        if let Err(error) = &result {
-            tracing::error!(%error, "raft log write failed");
-        }
-        for op in ops {
-            let outcome = result.clone().map_err(io::Error::other);
-            match op {
-                WriteOp::Append { flushed, .. } => flushed.log_io_completed(outcome),
-                WriteOp::Meta { done, .. } => {
-                    let _ = done.send(outcome);
-                }
-                WriteOp::Truncate { .. } | WriteOp::Purge { .. } => {}
-            }
-        }
-    }
-}
-
-fn write_batch(db: &Database, ops: &[WriteOp]) -> anyhow::Result<()> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate);
-    {
-        let mut log = txn.open_table(LOG)?;
-        let mut meta = txn.open_table(META)?;
-        for op in ops {
-            match op {
-                WriteOp::Append { entries, .. } => {
-                    for (index, record) in entries {
-                        log.insert(*index, record.as_slice())?;
-                    }
-                }
-                WriteOp::Truncate { since } => {
-                    log.retain_in(*since.., |_, _| false)?;
-                }
-                WriteOp::Purge { upto, record } => {
-                    log.retain_in(..=*upto, |_, _| false)?;
-                    meta.insert(PURGED_KEY, record.as_slice())?;
-                }
-                WriteOp::Meta { key, record, .. } => {
-                    meta.insert(*key, record.as_slice())?;
-                }
-            }
-        }
-    }
-    txn.commit()?;
+/// Appends one record, framed, to `out`.
+fn frame(record: &RecordRef<'_>, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
+    let start = out.len();
+    out.extend_from_slice(&[0; RECORD_HEADER]);
+    let body = postcard::to_extend(record, std::mem::take(out))?;
+    *out = body;
+    let length = u32::try_from(out.len() - start - RECORD_HEADER)
+        .map_err(|_| postcard::Error::SerializeBufferFull)?;
+    let crc = crc32fast::hash(&out[start + RECORD_HEADER..]);
+    out[start..start + 4].copy_from_slice(&length.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     Ok(())
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
-    postcard::to_allocvec(value)
+/// Reads every whole record of `file` into `memory`; returns where the valid part ends.
+fn replay(file: &mut File, memory: &mut LogMemory) -> io::Result<u64> {
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(0))?;
+    file.read_to_end(&mut bytes)?;
+    let mut at = 0;
+    while let Some((record, next)) = parse(&bytes, at) {
+        match record {
+            Record::Entry(entry) => {
+                memory.entries.insert(entry.get_log_id().index, entry);
+            }
+            Record::Truncate(since) => {
+                memory.entries.split_off(&since);
+            }
+            Record::Purge(log_id) => {
+                memory.entries = memory.entries.split_off(&(log_id.index + 1));
+                memory.last_purged = Some(log_id);
+            }
+            Record::Vote(vote) => memory.vote = Some(vote),
+        }
+        at = next;
+    }
+    Ok(at as u64)
+}
+
+/// The record at `at` and where the next begins, if it is whole and intact.
+fn parse(bytes: &[u8], at: usize) -> Option<(Record, usize)> {
+    let header = bytes.get(at..at + RECORD_HEADER)?;
+    let length = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    if length > MAX_RECORD {
+        return None;
+    }
+    let body = bytes.get(at + RECORD_HEADER..at + RECORD_HEADER + length)?;
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    let record = postcard::from_bytes(body).ok()?;
+    Some((record, at + RECORD_HEADER + length))
+}
+
+/// The writer thread's side: the open file and where it ends.
+struct Writer {
+    path: PathBuf,
+    file: File,
+    length: u64,
+    rewrite_min_bytes: u64,
+    /// To read what is live when rewriting; weak so that the thread ends with the store.
+    shared: std::sync::Weak<Shared>,
+}
+
+impl Writer {
+    /// Drains every queued operation, writes them at once, flushes once, then reports.
+    fn run(mut self, receiver: mpsc::Receiver<WriteOp>) {
+        while let Ok(first) = receiver.recv() {
+            let mut ops = vec![first];
+            ops.extend(receiver.try_iter());
+            let mut bytes = Vec::new();
+            let mut waiting = Vec::with_capacity(ops.len());
+            for WriteOp::Records {
+                bytes: records,
+                done,
+            } in ops
+            {
+                bytes.extend_from_slice(&records);
+                waiting.push(done);
+            }
+            let result = self.write(&bytes).map_err(|e| e.to_string());
+            if let Err(error) = &result {
+                tracing::error!(%error, "raft log write failed");
+            }
+            for done in waiting {
+                let outcome = result.clone().map_err(io::Error::other);
+                match done {
+                    Done::Flushed(flushed) => flushed.log_io_completed(outcome),
+                    Done::Saved(saved) => {
+                        let _ = saved.send(outcome);
+                    }
+                    Done::Nobody => {}
+                }
+            }
+            if let Err(error) = self.rewrite_if_mostly_dead() {
+                tracing::error!(%error, "rewriting the raft log failed; it keeps growing");
+            }
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Err(error) = self
+            .file
+            .write_all(bytes)
+            .and_then(|()| self.file.sync_data())
+        {
+            // Whatever part reached the file is cut off, so the next write starts on a record
+            // boundary; a replay would stop at the torn record anyway.
+            let _ = self.file.set_len(self.length);
+            let _ = self.file.seek(SeekFrom::Start(self.length));
+            return Err(error);
+        }
+        self.length += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Replaces the file with one holding only the live log, when purges left it mostly dead.
+    fn rewrite_if_mostly_dead(&mut self) -> anyhow::Result<()> {
+        if self.length < self.rewrite_min_bytes {
+            return Ok(());
+        }
+        let Some(shared) = self.shared.upgrade() else {
+            return Ok(());
+        };
+        // Everything in memory is at least as new as the file: records still queued only
+        // repeat what memory already holds, and replaying them again changes nothing.
+        let mut live = Vec::new();
+        {
+            let memory = shared.memory();
+            if let Some(vote) = memory.vote {
+                frame(&RecordRef::Vote(vote), &mut live)?;
+            }
+            if let Some(purged) = memory.last_purged {
+                frame(&RecordRef::Purge(purged), &mut live)?;
+            }
+            for entry in memory.entries.values() {
+                frame(&RecordRef::Entry(entry), &mut live)?;
+            }
+        }
+        if (live.len() as u64).saturating_mul(REWRITE_RATIO) > self.length {
+            return Ok(());
+        }
+        let fresh = self.path.with_extension("rewrite");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&fresh)?;
+        file.write_all(&live)?;
+        file.sync_all()?;
+        std::fs::rename(&fresh, &self.path)?;
+        sync_parent(&self.path)?;
+        tracing::info!(
+            before = self.length,
+            after = live.len(),
+            "rewrote the raft log without its purged part"
+        );
+        self.file = file;
+        self.length = live.len() as u64;
+        Ok(())
+    }
+}
+
+fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => Ok(()),
+    }
+}
+
+fn encode(records: &[RecordRef<'_>]) -> Result<Vec<u8>, postcard::Error> {
+    let mut bytes = Vec::new();
+    for record in records {
+        frame(record, &mut bytes)?;
+    }
+    Ok(bytes)
 }
 
 fn write_error(error: impl std::error::Error + 'static) -> StorageError {
@@ -243,10 +400,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let record = encode(vote).map_err(write_error)?;
-        self.save_meta(VOTE_KEY, record)
+        let bytes = encode(&[RecordRef::Vote(*vote)]).map_err(write_error)?;
+        let (done, saved) = oneshot::channel();
+        let vote_error = |e: &io::Error| -> StorageError { StorageIOError::write_vote(e).into() };
+        self.send(bytes, Done::Saved(done))
+            .map_err(|e| vote_error(&e))?;
+        saved
             .await
-            .map_err(|e| StorageIOError::write_vote(&e))?;
+            .unwrap_or_else(|_| Err(io::Error::other("the raft log writer has stopped")))
+            .map_err(|e| vote_error(&e))?;
         self.memory().vote = Some(*vote);
         Ok(())
     }
@@ -264,41 +426,147 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut records = Vec::new();
+        let mut bytes = Vec::new();
         {
             let mut memory = self.memory();
             for entry in entries {
-                let index = entry.get_log_id().index;
-                records.push((index, encode(&entry).map_err(write_error)?));
-                memory.entries.insert(index, entry);
+                frame(&RecordRef::Entry(&entry), &mut bytes).map_err(write_error)?;
+                memory.entries.insert(entry.get_log_id().index, entry);
             }
         }
-        self.send(WriteOp::Append {
-            entries: records,
-            flushed: callback,
-        })
-        .map_err(write_error)
+        self.send(bytes, Done::Flushed(callback))
+            .map_err(write_error)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let bytes = encode(&[RecordRef::Truncate(log_id.index)]).map_err(write_error)?;
         self.memory().entries.split_off(&log_id.index);
-        self.send(WriteOp::Truncate {
-            since: log_id.index,
-        })
-        .map_err(write_error)
+        self.send(bytes, Done::Nobody).map_err(write_error)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let record = encode(&log_id).map_err(write_error)?;
+        let bytes = encode(&[RecordRef::Purge(log_id)]).map_err(write_error)?;
         {
             let mut memory = self.memory();
             memory.entries = memory.entries.split_off(&(log_id.index + 1));
             memory.last_purged = Some(log_id);
         }
-        self.send(WriteOp::Purge {
-            upto: log_id.index,
-            record,
-        })
-        .map_err(write_error)
+        self.send(bytes, Done::Nobody).map_err(write_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn blank(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: log_id(term, index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// Writes records as the writer thread would, without one.
+    fn write_records(path: &Path, records: &[RecordRef<'_>]) -> Vec<u8> {
+        let bytes = encode(records).expect("records encode");
+        std::fs::write(path, &bytes).expect("log file written");
+        bytes
+    }
+
+    fn indexes(store: &LogStore) -> Vec<u64> {
+        store.memory().entries.keys().copied().collect()
+    }
+
+    #[tokio::test]
+    async fn replay_applies_entries_truncations_purges_and_votes_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.wal");
+        let entries: Vec<Entry> = (1..=6).map(|index| blank(1, index)).collect();
+        let vote = Vote::new(2, 1);
+        let mut records: Vec<RecordRef<'_>> = entries.iter().map(RecordRef::Entry).collect();
+        records.push(RecordRef::Truncate(5));
+        records.push(RecordRef::Purge(log_id(1, 2)));
+        records.push(RecordRef::Vote(vote));
+        write_records(&path, &records);
+
+        let mut store = LogStore::open(&path).unwrap();
+        assert_eq!(indexes(&store), [3, 4]);
+        assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 2)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 4)));
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_record_is_cut_off_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.wal");
+        let entries: Vec<Entry> = (1..=3).map(|index| blank(1, index)).collect();
+        let records: Vec<RecordRef<'_>> = entries.iter().map(RecordRef::Entry).collect();
+        let whole = write_records(&path, &records);
+        // A fourth record the process died while writing: only part of it reached the disk.
+        let mut torn = encode(&[RecordRef::Entry(&blank(1, 4))]).unwrap();
+        torn.truncate(torn.len() - 3);
+        let mut damaged = whole.clone();
+        damaged.extend_from_slice(&torn);
+        std::fs::write(&path, &damaged).unwrap();
+
+        let mut store = LogStore::open(&path).unwrap();
+        assert_eq!(indexes(&store), [1, 2, 3]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole.len() as u64);
+        // The cut file takes new records where the valid part ended.
+        store.save_vote(&Vote::new(3, 1)).await.unwrap();
+        drop(store);
+        let mut reopened = LogStore::open(&path).unwrap();
+        assert_eq!(indexes(&reopened), [1, 2, 3]);
+        assert_eq!(reopened.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
+    }
+
+    #[tokio::test]
+    async fn a_record_failing_its_checksum_ends_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.wal");
+        let entries: Vec<Entry> = (1..=3).map(|index| blank(1, index)).collect();
+        let records: Vec<RecordRef<'_>> = entries.iter().map(RecordRef::Entry).collect();
+        let mut bytes = write_records(&path, &records);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let store = LogStore::open(&path).unwrap();
+        assert_eq!(indexes(&store), [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_mostly_purged_file_is_rewritten_with_only_the_live_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.wal");
+        let entries: Vec<Entry> = (1..=1000).map(|index| blank(1, index)).collect();
+        let records: Vec<RecordRef<'_>> = entries.iter().map(RecordRef::Entry).collect();
+        let full = write_records(&path, &records).len() as u64;
+
+        let mut store = LogStore::open_with(&path, full / 2).unwrap();
+        store.purge(log_id(1, 990)).await.unwrap();
+        // The writer rewrites after the batch that carried the purge; the vote's reply comes
+        // after that batch, and a second one after the rewrite.
+        store.save_vote(&Vote::new(2, 1)).await.unwrap();
+        store.save_vote(&Vote::new(2, 1)).await.unwrap();
+        let rewritten = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            rewritten * 20 < full,
+            "the file shrank from {full} to only {rewritten} bytes"
+        );
+        drop(store);
+
+        let mut reopened = LogStore::open(&path).unwrap();
+        assert_eq!(indexes(&reopened), (991..=1000).collect::<Vec<_>>());
+        let state = reopened.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 990)));
+        assert_eq!(reopened.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! Built in the order openraft expects: log store, state machine, network, then `Raft::new`.
 
+mod forwarder;
 mod log_store;
 pub mod membership;
 mod network;
@@ -15,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use forwarder::Forwarder;
 pub use log_store::LogStore;
 pub use network::{decode as decode_peer_message, encode as encode_peer_message, Peers};
 pub use peer_service::PeerService;
@@ -73,7 +75,7 @@ pub async fn start(
     settings: &RaftSettings,
 ) -> anyhow::Result<RaftNode> {
     std::fs::create_dir_all(data_dir)?;
-    let log = LogStore::open(&data_dir.join("raft.redb"))?;
+    let log = LogStore::open(&data_dir.join("raft.wal"))?;
     let store = Store::open(&data_dir.join("state.redb"))?;
     let state_machine = state_machine::StateMachine::new(store.clone())?;
 
@@ -118,4 +120,37 @@ pub async fn start(
         log,
         store,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::state_machine::StateMachine;
+    use super::types::{StorageError, TypeConfig};
+    use super::LogStore;
+    use crate::store::Store;
+
+    /// Each test of openraft's suite gets a fresh log and state machine in a directory that
+    /// lives as long as they do.
+    struct FreshStorage;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for FreshStorage {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+            let failed = |error: anyhow::Error| -> StorageError {
+                openraft::StorageIOError::write(&std::io::Error::other(error.to_string())).into()
+            };
+            let dir = tempfile::tempdir().map_err(|e| failed(e.into()))?;
+            let log = LogStore::open(&dir.path().join("raft.wal")).map_err(failed)?;
+            let store =
+                Store::open(&dir.path().join("state.redb")).map_err(|e| failed(e.into()))?;
+            let state_machine = StateMachine::new(store).map_err(failed)?;
+            Ok((dir, log, state_machine))
+        }
+    }
+
+    #[test]
+    fn log_and_state_machine_pass_openraft_storage_suite() {
+        Suite::test_all(FreshStorage).expect("openraft's storage suite passes");
+    }
 }

@@ -12,7 +12,7 @@ use crate::lease::Lessor;
 use crate::proto::cairnpb::peer_server::Peer;
 use crate::proto::cairnpb::{
     CampaignRequest, CampaignResponse, LeaseRenewRequest, LeaseRenewResponse, ProposeResponse,
-    RaftMessage, RaftRequest, ReadIndexRequest, ReadIndexResponse,
+    RaftBatch, RaftMessage, ReadIndexRequest, ReadIndexResponse,
 };
 use crate::proto::etcdserverpb::{LeaseTimeToLiveRequest, LeaseTimeToLiveResponse};
 
@@ -69,22 +69,29 @@ impl Peer for PeerService {
 
     async fn propose(
         &self,
-        request: Request<RaftRequest>,
+        request: Request<RaftBatch>,
     ) -> Result<Response<ProposeResponse>, Status> {
-        let applied = match self.proposer.propose(request.into_inner()).await {
-            Ok(applied) => applied,
-            // The leader changed while the write was on its way: the forwarding member
-            // answers as etcd does and the client retries.
-            Err(error) => {
+        let answers = self
+            .proposer
+            .propose_all(request.into_inner().requests)
+            .await;
+        let mut applied = Vec::with_capacity(answers.len());
+        for answer in answers {
+            let answer = answer.unwrap_or_else(|error| {
+                // The leader changed while the write was on its way: the forwarding member
+                // answers as etcd does and the client retries.
                 let status = crate::api::errors::from_write_error(error);
                 Applied::Rejected {
                     code: status.code() as i32,
                     message: status.message().to_owned(),
                 }
-            }
-        };
-        let applied = postcard::to_allocvec(&applied)
-            .map_err(|e| Status::internal(format!("cairn: cannot encode the answer: {e}")))?;
+            });
+            applied.push(
+                postcard::to_allocvec(&answer).map_err(|e| {
+                    Status::internal(format!("cairn: cannot encode the answer: {e}"))
+                })?,
+            );
+        }
         Ok(Response::new(ProposeResponse { applied }))
     }
 

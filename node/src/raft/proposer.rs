@@ -48,14 +48,49 @@ impl Proposer {
 
     /// Replicates `request` and returns the state machine's answer to it.
     pub async fn propose(&self, request: RaftRequest) -> Result<Applied, WriteError> {
+        let answer = self.enqueue(request).await?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Replicates `requests` (writes a follower forwarded together), in their order, and
+    /// returns one answer per request. They are queued before any is awaited, so they share
+    /// entries with each other and with local writes.
+    pub async fn propose_all(
+        &self,
+        requests: Vec<RaftRequest>,
+    ) -> Vec<Result<Applied, WriteError>> {
+        let mut queued = Vec::with_capacity(requests.len());
+        for request in requests {
+            queued.push(self.enqueue(request).await);
+        }
+        let mut answers = Vec::with_capacity(queued.len());
+        for answer in queued {
+            answers.push(match answer {
+                Ok(answer) => match answer.await {
+                    Ok(result) => result,
+                    Err(_) => Err(stopped()),
+                },
+                Err(error) => Err(error),
+            });
+        }
+        answers
+    }
+
+    async fn enqueue(
+        &self,
+        request: RaftRequest,
+    ) -> Result<oneshot::Receiver<Result<Applied, WriteError>>, WriteError> {
         let (reply, answer) = oneshot::channel();
-        let stopped = || RaftError::Fatal(openraft::error::Fatal::Stopped);
         self.queue
             .send(Pending { request, reply })
             .await
             .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        Ok(answer)
     }
+}
+
+fn stopped() -> WriteError {
+    RaftError::Fatal(openraft::error::Fatal::Stopped)
 }
 
 async fn run(raft: Raft, mut receiver: mpsc::Receiver<Pending>) {
