@@ -1,14 +1,16 @@
-//! Applying a batch of Raft commands inside one redb write transaction.
+//! Applying a batch of Raft commands.
 //!
 //! The shared index is not touched while a batch runs (readers keep using it): the batch
 //! records its index changes in `newer`, reads through both layers, and hands `newer` over to
-//! be published after the commit. Versions go straight into the write transaction, where the
-//! batch's own reads see them. A command that fails undoes what it wrote, so that it changes
-//! nothing, and the batch carries on with the next one.
+//! be published. Versions go into the batch's own `written` map, where its reads see them
+//! before the unflushed versions and the file; publishing moves them to the unflushed set
+//! (see `unflushed`). A command that fails undoes what it wrote, so that it changes nothing,
+//! and the batch carries on with the next one.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{Database, ReadOnlyTable};
 
 use super::codec::{encode_tombstone, NewVersion, Stored, REVISIONS};
 use super::error::{KvError, StoreError};
@@ -17,8 +19,12 @@ use super::index::{
     compaction_cut, Change, Index, IndexView, KeyIndex, KeyMark, KeySpan, Layered, Revision,
 };
 use super::lease::MAX_LEASE_TTL;
-use super::range::{compare_holds, finish_range, plan_range, read_version, read_versions};
+use super::range::{
+    compare_holds, finish_range, plan_range, read_version, read_versions, FileVersions,
+    VersionSource,
+};
 use super::state::{BatchOutcome, State};
+use super::unflushed::RevisionKey;
 use crate::proto::cairnpb::{raft_request, raft_response};
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::{
@@ -58,6 +64,29 @@ fn branch(txn: &TxnRequest, succeeded: bool) -> &[RequestOp] {
     }
 }
 
+impl VersionSource for Batch<'_> {
+    fn with_stored<R>(
+        &self,
+        revision: &RevisionKey,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, StoreError> {
+        if let Some(stored) = self.written.get(revision) {
+            return Ok(Some(read(stored)));
+        }
+        if let Some(stored) = self.base.unflushed.get(revision) {
+            return Ok(Some(read(stored)));
+        }
+        let file = match self.file.get() {
+            Some(file) => file,
+            None => {
+                let table = self.db.begin_read()?.open_table(REVISIONS)?;
+                self.file.get_or_init(|| FileVersions(table))
+            }
+        };
+        file.with_stored(revision, read)
+    }
+}
+
 /// Which branch each Txn takes. etcd decides all of them, nested ones included, against the
 /// store as it was before the outer Txn ran.
 struct TxnPath {
@@ -73,9 +102,17 @@ enum Undo {
     Key(Vec<u8>, Option<KeyMark>),
 }
 
-pub(crate) struct Batch<'s, 't> {
+type FileTable = FileVersions<ReadOnlyTable<&'static [u8; 16], &'static [u8]>>;
+
+pub(crate) struct Batch<'s> {
     base: &'s State,
-    revisions: Table<'t, &'static [u8; 16], &'static [u8]>,
+    db: &'s Database,
+    /// Opened the first time the batch reads a version that is neither its own nor unflushed.
+    file: OnceCell<FileTable>,
+    /// Versions the batch stored.
+    written: BTreeMap<RevisionKey, Vec<u8>>,
+    /// Versions older batches stored that the batch's compactions removed.
+    removed: Vec<RevisionKey>,
     newer: Index,
     /// The store revision after the commands applied so far.
     revision: i64,
@@ -95,11 +132,14 @@ pub(crate) struct Batch<'s, 't> {
     events: Vec<Event>,
 }
 
-impl<'s, 't> Batch<'s, 't> {
-    pub fn new(base: &'s State, txn: &'t WriteTransaction) -> Result<Self, StoreError> {
-        Ok(Batch {
+impl<'s> Batch<'s> {
+    pub fn new(base: &'s State, db: &'s Database) -> Self {
+        Batch {
             base,
-            revisions: txn.open_table(REVISIONS)?,
+            db,
+            file: OnceCell::new(),
+            written: BTreeMap::new(),
+            removed: Vec::new(),
             newer: Index::new(),
             revision: base.revision,
             compact_revision: base.compact_revision,
@@ -110,7 +150,7 @@ impl<'s, 't> Batch<'s, 't> {
             changes: 0,
             undo: Vec::new(),
             events: Vec::new(),
-        })
+        }
     }
 
     /// The events of the commands applied so far, in revision order.
@@ -120,6 +160,8 @@ impl<'s, 't> Batch<'s, 't> {
 
     pub fn finish(self) -> BatchOutcome {
         BatchOutcome {
+            written: self.written,
+            removed: self.removed,
             newer: self.newer,
             revision: self.revision,
             compact_revision: self.compact_revision,
@@ -176,10 +218,9 @@ impl<'s, 't> Batch<'s, 't> {
             sub: self.changes - 1,
         }
         .to_key();
-        for entry in self.revisions.range::<&[u8; 16]>(&first..=&last)? {
-            let (revision, stored) = entry?;
-            let revision = Revision::from_key(revision.value());
-            let version = Stored::parse(stored.value(), revision)?;
+        for (key, stored) in self.written.range(first..=last) {
+            let revision = Revision::from_key(key);
+            let version = Stored::parse(stored, revision)?;
             self.events.push(to_event(&version, revision)?);
         }
         Ok(())
@@ -207,7 +248,7 @@ impl<'s, 't> Batch<'s, 't> {
         while let Some(undo) = self.undo.pop() {
             match undo {
                 Undo::Stored(revision) => {
-                    self.revisions.remove(&revision.to_key())?;
+                    self.written.remove(&revision.to_key());
                 }
                 Undo::Key(key, None) => {
                     self.newer.remove(&key);
@@ -247,7 +288,7 @@ impl<'s, 't> Batch<'s, 't> {
             self.compact_revision,
             request,
         )?;
-        let kvs = read_versions(&self.revisions, &plan.revisions)?;
+        let kvs = read_versions(self, &plan.revisions)?;
         Ok(finish_range(request, plan, kvs))
     }
 
@@ -262,7 +303,7 @@ impl<'s, 't> Batch<'s, 't> {
         self.ensure_lease_exists(request.lease)?;
         let previous = if request.prev_kv || request.ignore_value || request.ignore_lease {
             match self.view().visible(&request.key, self.view_revision()) {
-                Some(revision) => Some(read_version(&self.revisions, revision)?),
+                Some(revision) => Some(read_version(self, revision)?),
                 None => None,
             }
         } else {
@@ -300,8 +341,7 @@ impl<'s, 't> Batch<'s, 't> {
             version,
             lease,
         };
-        self.revisions
-            .insert(&revision.to_key(), new.encode_put().as_slice())?;
+        self.written.insert(revision.to_key(), new.encode_put());
         self.undo.push(Undo::Stored(revision));
         self.history_for_change(&request.key)
             .put(revision, create_revision, version, lease);
@@ -411,7 +451,7 @@ impl<'s, 't> Batch<'s, 't> {
         );
         let prev_kvs = if request.prev_kv {
             let revisions: Vec<_> = doomed.iter().map(|(_, revision)| *revision).collect();
-            read_versions(&self.revisions, &revisions)?
+            read_versions(self, &revisions)?
         } else {
             Vec::new()
         };
@@ -429,10 +469,8 @@ impl<'s, 't> Batch<'s, 't> {
     /// Deletes a live key at the next revision of the command in progress.
     fn tombstone(&mut self, key: &[u8]) -> Result<(), KvError> {
         let revision = self.next_revision();
-        self.revisions.insert(
-            &revision.to_key(),
-            encode_tombstone(key, revision.main).as_slice(),
-        )?;
+        self.written
+            .insert(revision.to_key(), encode_tombstone(key, revision.main));
         self.undo.push(Undo::Stored(revision));
         self.history_for_change(key).tombstone(revision);
         Ok(())
@@ -475,7 +513,7 @@ impl<'s, 't> Batch<'s, 't> {
             at,
             |_, revision| revisions.push(revision),
         );
-        let kvs = read_versions(&self.revisions, &revisions)?;
+        let kvs = read_versions(self, &revisions)?;
         Ok(compare_holds(compare, &kvs))
     }
 
@@ -577,7 +615,10 @@ impl<'s, 't> Batch<'s, 't> {
         // An earlier compaction in this batch may have removed some already; removing a
         // missing revision is a no-op.
         for revision in removed {
-            self.revisions.remove(&revision.to_key())?;
+            let key = revision.to_key();
+            if self.written.remove(&key).is_none() {
+                self.removed.push(key);
+            }
         }
         self.compact_revision = at;
         Ok(CompactionResponse {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use super::codec::{Stored, REVISIONS};
 use super::error::{KvError, StoreError};
 use super::index::{IndexView, KeySpan, Revision};
-use super::range::read_version;
+use super::range::{read_version, FileVersions, GatheredVersions};
 use super::{Inner, Store};
 use crate::proto::mvccpb::{event::EventType, Event};
 
@@ -80,7 +80,9 @@ impl Store {
         range_end: &[u8],
         max_bytes: usize,
     ) -> Result<EventPage, KvError> {
-        let (read, to) = {
+        let span = KeySpan::new(key, range_end);
+        let first = Revision { main: from, sub: 0 }.to_key();
+        let (memory, read, to) = {
             let state = self.inner.state();
             if from <= state.compact_revision {
                 return Err(KvError::Compacted);
@@ -92,49 +94,66 @@ impl Store {
                     through: to.max(from - 1),
                 });
             }
-            // Opened under the lock, so that it holds the history the check above promised.
-            (self.inner.db.begin_read()?, to)
+            let last = Revision {
+                main: to,
+                sub: i64::MAX,
+            }
+            .to_key();
+            // Opened under the lock, so that it holds the history the check above promised
+            // beside what is still unflushed.
+            (
+                state.unflushed.range(&first, &last),
+                self.inner.db.begin_read()?,
+                to,
+            )
         };
         let table = read.open_table(REVISIONS)?;
-        let span = KeySpan::new(key, range_end);
-        let first = Revision { main: from, sub: 0 }.to_key();
         let last = Revision {
             main: to,
             sub: i64::MAX,
         }
         .to_key();
-        let mut page = EventPage {
-            events: Vec::new(),
-            through: to,
+        let mut file = table.range::<&[u8; 16]>(&first..=&last)?.peekable();
+        let mut memory = memory.into_iter().peekable();
+        let mut page = PageBuilder {
+            span,
+            max_bytes,
+            page: EventPage {
+                events: Vec::new(),
+                through: to,
+            },
+            bytes: 0,
+            full_at: None,
         };
-        let mut bytes = 0;
-        let mut full_at = None;
-        for entry in table.range::<&[u8; 16]>(&first..=&last)? {
-            let (revision, stored) = entry?;
-            let revision = Revision::from_key(revision.value());
-            if let Some(full) = full_at {
-                if revision.main > full {
-                    page.through = full;
-                    break;
+        loop {
+            // The two sources merged in revision order; a version a flush has just written
+            // may be in both, and is taken once.
+            let from_file = match (file.peek(), memory.peek()) {
+                (None, None) => break,
+                (Some(Err(_)), _) | (Some(Ok(_)), None) => true,
+                (None, Some(_)) => false,
+                (Some(Ok((stored_key, _))), Some((memory_key, _))) => {
+                    let stored_key = stored_key.value();
+                    if stored_key == memory_key {
+                        file.next();
+                        false
+                    } else {
+                        stored_key < memory_key
+                    }
                 }
-            }
-            let version = Stored::parse(stored.value(), revision)?;
-            let key = encoded_key(version.encoded).ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "revision {}.{} has no readable key",
-                    revision.main, revision.sub
-                ))
-            })?;
-            if !span_contains(span, key) {
-                continue;
-            }
-            bytes += version.encoded.len();
-            page.events.push(to_event(&version, revision)?);
-            if bytes >= max_bytes {
-                full_at = Some(revision.main);
+            };
+            let more = if from_file {
+                let (stored_key, stored) = file.next().expect("peeked")?;
+                page.take(Revision::from_key(stored_key.value()), stored.value())?
+            } else {
+                let (memory_key, stored) = memory.next().expect("peeked");
+                page.take(Revision::from_key(&memory_key), &stored)?
+            };
+            if !more {
+                break;
             }
         }
-        Ok(page)
+        Ok(page.page)
     }
 
     /// Fills in each event's `prev_kv`: the key's version just before the event, as etcd's
@@ -142,7 +161,7 @@ impl Store {
     /// version compaction removed.
     pub fn fill_prev_kvs(&self, events: &mut [Event]) -> Result<(), KvError> {
         let mut wanted = Vec::new();
-        let read = {
+        let versions = {
             let state = self.inner.state();
             for (at, event) in events.iter().enumerate() {
                 let Some(kv) = &event.kv else { continue };
@@ -158,14 +177,56 @@ impl Store {
             if wanted.is_empty() {
                 return Ok(());
             }
-            // Opened under the lock: it holds every version the index named.
-            self.inner.db.begin_read()?
+            let revisions: Vec<Revision> = wanted.iter().map(|&(_, revision)| revision).collect();
+            let (mut versions, needs_file) = GatheredVersions::gather(&state.unflushed, &revisions);
+            if needs_file {
+                // Opened under the lock: it holds every version the index named.
+                let read = self.inner.db.begin_read()?;
+                versions.file = Some(FileVersions(read.open_table(REVISIONS)?));
+            }
+            versions
         };
-        let table = read.open_table(REVISIONS)?;
         for (at, revision) in wanted {
-            events[at].prev_kv = Some(read_version(&table, revision)?);
+            events[at].prev_kv = Some(read_version(&versions, revision)?);
         }
         Ok(())
+    }
+}
+
+/// A history page being filled, version by version in revision order.
+struct PageBuilder<'a> {
+    span: KeySpan<'a>,
+    max_bytes: usize,
+    page: EventPage,
+    bytes: usize,
+    /// The revision in which the page reached `max_bytes`: it ends with that revision.
+    full_at: Option<i64>,
+}
+
+impl PageBuilder<'_> {
+    /// Adds the version if its key is in the span; false once the page is complete.
+    fn take(&mut self, revision: Revision, stored: &[u8]) -> Result<bool, KvError> {
+        if let Some(full) = self.full_at {
+            if revision.main > full {
+                self.page.through = full;
+                return Ok(false);
+            }
+        }
+        let version = Stored::parse(stored, revision)?;
+        let key = encoded_key(version.encoded).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "revision {}.{} has no readable key",
+                revision.main, revision.sub
+            ))
+        })?;
+        if span_contains(self.span, key) {
+            self.bytes += version.encoded.len();
+            self.page.events.push(to_event(&version, revision)?);
+            if self.bytes >= self.max_bytes {
+                self.full_at = Some(revision.main);
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -422,6 +483,41 @@ mod tests {
         );
         let nothing = store.events(7, 9, b"a", b"", usize::MAX).unwrap();
         assert_eq!((nothing.events.len(), nothing.through), (0, 6));
+    }
+
+    #[test]
+    fn history_reads_flushed_and_unflushed_versions_once_each_in_order() {
+        let (_dir, store) = open_temp();
+        apply(&store, &[put("a"), put("b")]);
+        store.sync().unwrap();
+        apply(&store, &[put("a"), delete("b"), put("c")]);
+        store.sync().unwrap();
+        apply(&store, &[put("b"), put("a")]);
+        // Revisions 2 to 3 and 4 to 6 are in the file, 7 to 8 only in memory.
+        let all = store.events(1, 100, b"a", b"\0", usize::MAX).unwrap();
+        assert_eq!(
+            keys_and_revisions(&all),
+            [
+                ("a".into(), 2),
+                ("b".into(), 3),
+                ("a".into(), 4),
+                ("b".into(), 5),
+                ("c".into(), 6),
+                ("b".into(), 7),
+                ("a".into(), 8)
+            ]
+        );
+        assert_eq!(all.events[3].r#type, DELETE);
+        let mut events = all.events.clone();
+        store.fill_prev_kvs(&mut events).unwrap();
+        let prev_revisions: Vec<Option<i64>> = events
+            .iter()
+            .map(|event| event.prev_kv.as_ref().map(|kv| kv.mod_revision))
+            .collect();
+        assert_eq!(
+            prev_revisions,
+            [None, None, Some(2), Some(3), None, None, Some(4)]
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! - `index`: the in-memory key index (every stored revision of every key), rebuilt at open.
 //! - `state`: what readers consult (index and counters), and how a batch is published.
 //! - `apply`: Raft commands (Put, DeleteRange, Txn, Compaction, Alarm, LeaseGrant,
-//!   LeaseRevoke) in one write transaction.
+//!   LeaseRevoke) applied as one batch.
+//! - `unflushed`: what batches published that the file does not hold yet, written by
+//!   [`Store::sync`] and whenever it grows large.
 //! - `lease`: the lease table and each lease's keys (derived from the key index).
 //! - `range`: range and Txn compare semantics, shared by client reads and Txn reads.
 //! - `history`: the events each batch publishes (to a [`ChangeSink`], the watch hub), history
@@ -14,12 +16,14 @@
 //! - `error`: [`KvError`] (what clients see, etcd's messages) and [`StoreError`].
 //!
 //! # Reads and writes side by side
-//! A batch never changes the published state while it runs; it writes versions into its redb
-//! write transaction and keeps its index changes to itself, then publishes them under a
-//! short write lock. A read walks the published index under the read lock, opens a redb read
-//! transaction before letting go of the lock, and reads the versions after. The read
-//! transaction always holds every version the index named: batches only add versions, and a
-//! batch that removes some (compaction) commits while it holds the write lock.
+//! A batch never changes the published state while it runs; it keeps its versions and index
+//! changes to itself, then publishes them under a short write lock. The file changes only
+//! at a flush. A read walks the published index under the read lock, takes the versions it
+//! needs that are still unflushed and, for the rest, opens a redb read transaction before
+//! letting go of the lock; it reads the versions after. The read transaction holds every
+//! version the index named that was not unflushed: a flush commits before the versions it
+//! wrote leave the unflushed set, and it removes only versions that compaction took out of
+//! the published index before.
 
 mod apply;
 mod codec;
@@ -31,11 +35,12 @@ mod range;
 mod state;
 #[cfg(test)]
 mod tests;
+mod unflushed;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use redb::{Database, Durability, ReadableTable, WriteTransaction};
+use redb::{Database, Durability, ReadableTable};
 
 pub use error::{KvError, StoreError};
 pub use history::{ChangeSink, EventPage};
@@ -47,8 +52,8 @@ use codec::{
     LEASES, META, META_ALARMS, META_COMPACT_REVISION, META_RAFT, META_REVISION, REVISIONS,
 };
 use index::Revision;
-use range::{finish_range, plan_range, read_versions};
-use state::{BatchOutcome, State, StateBuilder};
+use range::{finish_range, plan_range, read_versions, FileVersions, GatheredVersions};
+use state::{State, StateBuilder};
 
 use crate::proto::cairnpb::{raft_request, raft_response};
 use crate::proto::etcdserverpb::{AlarmMember, RangeRequest, RangeResponse};
@@ -69,6 +74,8 @@ struct Inner {
     /// Serialises batches and snapshot installs: each starts from the published state, so the
     /// next may begin only once the previous one has published.
     writer: Mutex<()>,
+    /// Serialises flushes. Lock order: `writer`, then `flusher`, then `state`.
+    flusher: Mutex<()>,
     /// Refreshed at open, `sync` and `install_snapshot`: redb measures it by walking the
     /// file's trees, which is too slow for every batch.
     /// Told about every change to the lease table once it is published (see
@@ -97,6 +104,52 @@ impl Inner {
 
     fn state_mut(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write().expect("store state lock poisoned")
+    }
+
+    /// Writes the unflushed changes and the counters to the file in one transaction,
+    /// durable (fsynced) or not.
+    fn flush(&self, durable: bool) -> Result<(), StoreError> {
+        let _flusher = self.flusher.lock().expect("store flusher lock poisoned");
+        let (set, meta) = {
+            let state = self.state();
+            if !durable && state.unflushed.is_empty() {
+                return Ok(());
+            }
+            (state.unflushed.flush_set(), MetaRecord::of(&state))
+        };
+        let mut txn = self.db.begin_write()?;
+        if !durable {
+            txn.set_durability(Durability::None);
+        }
+        {
+            let mut revisions = txn.open_table(REVISIONS)?;
+            for (key, value) in &set.versions {
+                revisions.insert(key, &**value)?;
+            }
+            for key in &set.removed {
+                revisions.remove(key)?;
+            }
+            let mut leases = txn.open_table(LEASES)?;
+            for &(id, ttl) in &set.leases {
+                match ttl {
+                    Some(ttl) => leases.insert(&id.to_be_bytes(), encode_lease(ttl).as_slice())?,
+                    None => leases.remove(&id.to_be_bytes())?,
+                };
+            }
+            meta.write(&mut txn.open_table(META)?)?;
+        }
+        txn.commit()?;
+        self.state_mut().unflushed.forget(&set);
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    /// A store dropped without a crash keeps what it applied, as a closed file would.
+    fn drop(&mut self) {
+        if let Err(error) = self.flush(true) {
+            tracing::warn!(%error, "cannot flush the store as it closes");
+        }
     }
 }
 
@@ -134,6 +187,7 @@ impl Store {
                 path: path.to_path_buf(),
                 state: RwLock::new(state),
                 writer: Mutex::new(()),
+                flusher: Mutex::new(()),
                 lease_observer: OnceLock::new(),
                 sink: OnceLock::new(),
             }),
@@ -145,13 +199,13 @@ impl Store {
         self.inner.state().raft_meta.clone()
     }
 
-    /// Applies `commands` in one redb write transaction and records `raft_meta` (the applied
-    /// log position) in the same transaction.
+    /// Applies `commands` as one batch and records `raft_meta` (the applied log position)
+    /// with it.
     ///
-    /// The commit is not durable ([`Durability::None`]): the Raft log is the durable record,
-    /// and re-applying its tail after a crash is safe because the applied position commits
-    /// together with the data it covers. redb frees pages only at durable commits, so the
-    /// caller must call [`Store::sync`] now and then or the file only grows.
+    /// The batch is published to readers at once and reaches the file at the next flush
+    /// ([`Store::sync`], or when the unflushed changes grow past [`FLUSH_BYTES`]): the Raft
+    /// log is the durable record, and re-applying its tail after a crash is safe because the
+    /// applied position is flushed together with the data it covers.
     ///
     /// Each command gets its own result; a command that fails changes nothing. An `Err` is a
     /// storage failure: nothing of the batch was applied.
@@ -165,20 +219,16 @@ impl Store {
             .writer
             .lock()
             .expect("store writer lock poisoned");
-        let mut txn = self.inner.db.begin_write()?;
-        txn.set_durability(Durability::None);
         let published = self.inner.state();
-        let mut batch = Batch::new(&published, &txn)?;
+        let mut batch = Batch::new(&published, &self.inner.db);
         let results = commands
             .iter()
             .map(|command| batch.apply(command))
             .collect::<Result<Vec<_>, _>>()?;
         let events = batch.take_events();
         let outcome = batch.finish();
-        let revision = outcome.revision;
-        write_meta(&txn, &published, &outcome, raft_meta)?;
-        write_leases(&txn, &outcome.leases)?;
         drop(published);
+        let revision = outcome.revision;
         let lease_changes: Vec<LeaseChange> = outcome
             .leases
             .iter()
@@ -187,23 +237,36 @@ impl Store {
                 None => LeaseChange::Revoked(id),
             })
             .collect();
-
-        if outcome.compacted_keys.is_empty() {
-            txn.commit()?;
-            self.inner.state_mut().publish(outcome, raft_meta);
-        } else {
-            // Compaction removed versions the published index still names; no reader may
-            // consult it between this commit and the publish.
+        let flush_now = {
             let mut state = self.inner.state_mut();
-            txn.commit()?;
             state.publish(outcome, raft_meta);
-        }
+            state.unflushed.bytes() >= FLUSH_BYTES
+        };
         self.notify_lease_changes(&lease_changes);
         // Still under the writer lock: the sink sees batches in the order they published.
         if let (false, Some(sink)) = (events.is_empty(), self.inner.sink()) {
             sink.published(revision, events);
         }
+        if flush_now {
+            self.flush(false)?;
+        }
         Ok(results)
+    }
+
+    fn flush(&self, durable: bool) -> Result<(), StoreError> {
+        self.inner.flush(durable)
+    }
+
+    /// A read transaction over a file that holds everything published, for the reads that
+    /// scan the whole file. Applying waits meanwhile, so it is for rare requests only.
+    fn read_everything(&self) -> Result<redb::ReadTransaction, StoreError> {
+        let _writer = self
+            .inner
+            .writer
+            .lock()
+            .expect("store writer lock poisoned");
+        self.flush(false)?;
+        Ok(self.inner.db.begin_read()?)
     }
 
     /// Registers the one observer of lease changes (the lessor). It is called after each
@@ -244,7 +307,7 @@ impl Store {
 
     /// A range read at the published state; `header.revision` is the current revision.
     pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, KvError> {
-        let (plan, read) = {
+        let (plan, versions) = {
             let state = self.inner.state();
             let plan = plan_range(
                 &state.index,
@@ -252,17 +315,15 @@ impl Store {
                 state.compact_revision,
                 request,
             )?;
-            let read = if plan.revisions.is_empty() {
-                None
-            } else {
-                Some(self.inner.db.begin_read()?)
-            };
-            (plan, read)
+            let (mut versions, needs_file) =
+                GatheredVersions::gather(&state.unflushed, &plan.revisions);
+            if needs_file {
+                let read = self.inner.db.begin_read()?;
+                versions.file = Some(FileVersions(read.open_table(REVISIONS)?));
+            }
+            (plan, versions)
         };
-        let kvs = match read {
-            Some(read) => read_versions(&read.open_table(REVISIONS)?, &plan.revisions)?,
-            None => Vec::new(),
-        };
+        let kvs = read_versions(&versions, &plan.revisions)?;
         Ok(finish_range(request, plan, kvs))
     }
 
@@ -279,12 +340,10 @@ impl Store {
         self.inner.state().alarms.clone()
     }
 
-    /// Makes everything applied so far durable (an fsync), and lets redb reuse the pages
-    /// that non-durable commits freed.
+    /// Makes everything applied so far durable: a flush with an fsync. It also lets redb
+    /// reuse the pages that non-durable flushes freed.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let txn = self.inner.db.begin_write()?;
-        txn.commit()?;
-        Ok(())
+        self.flush(true)
     }
 
     /// The size of the state file.
@@ -311,7 +370,8 @@ impl Store {
     /// members can check that they hold the same data. Returns the hash, the compact revision
     /// and the revision hashed.
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), KvError> {
-        let (read, compact_revision, at) = {
+        let read = self.read_everything()?;
+        let (compact_revision, at) = {
             let state = self.inner.state();
             if revision > 0 && revision < state.compact_revision {
                 return Err(KvError::Compacted);
@@ -324,9 +384,7 @@ impl Store {
             } else {
                 revision
             };
-            // Opened under the lock so that it matches the compact revision (see the
-            // module documentation).
-            (self.inner.db.begin_read()?, state.compact_revision, at)
+            (state.compact_revision, at)
         };
         let revisions = read.open_table(REVISIONS)?;
         let mut hasher = crc32fast::Hasher::new();
@@ -346,8 +404,9 @@ impl Store {
     /// A consistent copy of the whole state (versions, counters, alarms, Raft metadata) for
     /// [`Store::install_snapshot`] on another member.
     pub fn snapshot(&self) -> Result<Vec<u8>, StoreError> {
-        // One redb read transaction: the Raft metadata matches the data exactly.
-        let read = self.inner.db.begin_read()?;
+        // One redb read transaction of a flushed file: the Raft metadata matches the data
+        // exactly.
+        let read = self.read_everything()?;
         let mut snapshot = SnapshotWriter::new();
         for entry in read.open_table(META)?.iter()? {
             let (name, value) = entry?;
@@ -382,6 +441,12 @@ impl Store {
             .writer
             .lock()
             .expect("store writer lock poisoned");
+        // No flush may write the old state's unflushed changes over the new one.
+        let _flusher = self
+            .inner
+            .flusher
+            .lock()
+            .expect("store flusher lock poisoned");
         // Durability::Immediate, redb's default: durable on return, as the caller requires.
         let txn = self.inner.db.begin_write()?;
         txn.delete_table(REVISIONS)?;
@@ -435,44 +500,37 @@ fn load_state(db: &Database) -> Result<State, StoreError> {
     builder.finish()
 }
 
-/// Records the leases a batch granted or revoked in its own transaction.
-fn write_leases(
-    txn: &WriteTransaction,
-    changes: &std::collections::BTreeMap<i64, Option<i64>>,
-) -> Result<(), StoreError> {
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let mut leases = txn.open_table(LEASES)?;
-    for (&id, &ttl) in changes {
-        match ttl {
-            Some(ttl) => leases.insert(&id.to_be_bytes(), encode_lease(ttl).as_slice())?,
-            None => leases.remove(&id.to_be_bytes())?,
-        };
-    }
-    Ok(())
+/// How much unflushed data makes a batch flush at once rather than wait for the next sync.
+const FLUSH_BYTES: usize = 16 * 1024 * 1024;
+
+/// The counters and the Raft metadata as of one published state, as the file keeps them.
+struct MetaRecord {
+    revision: i64,
+    compact_revision: i64,
+    alarms: Vec<u8>,
+    raft: Option<Vec<u8>>,
 }
 
-/// Records a batch's counters and the Raft metadata in its own transaction.
-fn write_meta(
-    txn: &WriteTransaction,
-    before: &State,
-    after: &BatchOutcome,
-    raft_meta: &[u8],
-) -> Result<(), StoreError> {
-    let mut meta = txn.open_table(META)?;
-    if after.revision != before.revision {
-        meta.insert(META_REVISION, encode_i64(after.revision).as_slice())?;
+impl MetaRecord {
+    fn of(state: &State) -> MetaRecord {
+        MetaRecord {
+            revision: state.revision,
+            compact_revision: state.compact_revision,
+            alarms: encode_alarms(&state.alarms),
+            raft: state.raft_meta.clone(),
+        }
     }
-    if after.compact_revision != before.compact_revision {
+
+    fn write(&self, meta: &mut redb::Table<'_, &str, &[u8]>) -> Result<(), StoreError> {
+        meta.insert(META_REVISION, encode_i64(self.revision).as_slice())?;
         meta.insert(
             META_COMPACT_REVISION,
-            encode_i64(after.compact_revision).as_slice(),
+            encode_i64(self.compact_revision).as_slice(),
         )?;
+        meta.insert(META_ALARMS, self.alarms.as_slice())?;
+        if let Some(raft) = &self.raft {
+            meta.insert(META_RAFT, raft.as_slice())?;
+        }
+        Ok(())
     }
-    if after.alarms != before.alarms {
-        meta.insert(META_ALARMS, encode_alarms(&after.alarms).as_slice())?;
-    }
-    meta.insert(META_RAFT, raft_meta)?;
-    Ok(())
 }

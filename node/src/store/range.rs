@@ -7,11 +7,14 @@
 
 use std::cmp::Ordering;
 
-use redb::ReadableTable;
+use std::sync::Arc;
+
+use redb::{ReadOnlyTable, ReadableTable};
 
 use super::codec::Stored;
 use super::error::{KvError, StoreError};
 use super::index::{IndexView, KeySpan, Revision};
+use super::unflushed::{RevisionKey, Unflushed};
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::proto::etcdserverpb::{Compare, RangeRequest, RangeResponse, ResponseHeader};
@@ -76,27 +79,95 @@ pub(crate) fn plan_range(
     Ok(plan)
 }
 
+/// Where stored versions are read from by revision: the file, or the versions not yet
+/// flushed in front of it.
+pub(crate) trait VersionSource {
+    /// Calls `read` with the stored bytes of `revision`, if they exist.
+    fn with_stored<R>(
+        &self,
+        revision: &RevisionKey,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, StoreError>;
+}
+
+/// The file's revision table, in any transaction.
+pub(crate) struct FileVersions<T>(pub T);
+
+impl<T: ReadableTable<&'static [u8; 16], &'static [u8]>> VersionSource for FileVersions<T> {
+    fn with_stored<R>(
+        &self,
+        revision: &RevisionKey,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, StoreError> {
+        Ok(self.0.get(revision)?.map(|stored| read(stored.value())))
+    }
+}
+
+/// Versions a client read found unflushed (gathered under the state lock), and the file for
+/// the rest.
+pub(crate) struct GatheredVersions {
+    pub memory: Vec<(RevisionKey, Arc<[u8]>)>,
+    pub file: Option<FileVersions<ReadOnlyTable<&'static [u8; 16], &'static [u8]>>>,
+}
+
+impl GatheredVersions {
+    /// Looks `revisions` up in `unflushed`; the caller opens the file for what is missing
+    /// before it lets go of the state lock.
+    pub fn gather(unflushed: &Unflushed, revisions: &[Revision]) -> (Self, bool) {
+        let mut memory: Vec<(RevisionKey, Arc<[u8]>)> = revisions
+            .iter()
+            .filter_map(|revision| {
+                let key = revision.to_key();
+                unflushed.get(&key).map(|value| (key, value.clone()))
+            })
+            .collect();
+        // A range wants its revisions in key order; lookups search them by revision.
+        memory.sort_unstable_by_key(|(key, _)| *key);
+        let needs_file = memory.len() < revisions.len();
+        (GatheredVersions { memory, file: None }, needs_file)
+    }
+}
+
+impl VersionSource for GatheredVersions {
+    fn with_stored<R>(
+        &self,
+        revision: &RevisionKey,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, StoreError> {
+        if let Ok(at) = self.memory.binary_search_by(|(key, _)| key.cmp(revision)) {
+            return Ok(Some(read(&self.memory[at].1)));
+        }
+        match &self.file {
+            Some(file) => file.with_stored(revision, read),
+            None => Ok(None),
+        }
+    }
+}
+
 /// Reads one stored version the index points at.
 pub(crate) fn read_version(
-    table: &impl ReadableTable<&'static [u8; 16], &'static [u8]>,
+    source: &impl VersionSource,
     revision: Revision,
 ) -> Result<KeyValue, StoreError> {
-    let stored = table.get(&revision.to_key())?.ok_or_else(|| {
-        StoreError::Corrupt(format!(
-            "the key index names revision {}.{} but the revision table lacks it",
-            revision.main, revision.sub
-        ))
-    })?;
-    Stored::parse(stored.value(), revision)?.decode(revision)
+    source
+        .with_stored(&revision.to_key(), |stored| {
+            Stored::parse(stored, revision)?.decode(revision)
+        })?
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "the key index names revision {}.{} but the revision table lacks it",
+                revision.main, revision.sub
+            ))
+        })?
 }
 
 pub(crate) fn read_versions(
-    table: &impl ReadableTable<&'static [u8; 16], &'static [u8]>,
+    source: &impl VersionSource,
     revisions: &[Revision],
 ) -> Result<Vec<KeyValue>, StoreError> {
     revisions
         .iter()
-        .map(|&revision| read_version(table, revision))
+        .map(|&revision| read_version(source, revision))
         .collect()
 }
 

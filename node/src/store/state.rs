@@ -10,6 +10,7 @@ use super::codec::{
 use super::error::StoreError;
 use super::index::{Index, Revision};
 use super::lease::Leases;
+use super::unflushed::{RevisionKey, Unflushed};
 use crate::proto::etcdserverpb::AlarmMember;
 use crate::proto::mvccpb::KeyValue;
 
@@ -23,11 +24,15 @@ pub(crate) struct State {
     pub alarms: Vec<AlarmMember>,
     pub leases: Leases,
     pub raft_meta: Option<Vec<u8>>,
+    /// Published changes the file does not hold yet.
+    pub unflushed: Unflushed,
 }
 
 impl State {
-    /// Takes the changes of a committed batch.
+    /// Takes the changes of an applied batch.
     pub fn publish(&mut self, batch: BatchOutcome, raft_meta: &[u8]) {
+        self.unflushed
+            .add(batch.written, batch.removed, &batch.leases);
         for (key, newer) in batch.newer {
             // A key's lease is the one its live version names: follow each changed key.
             let after = newer.live_lease().unwrap_or(0);
@@ -64,8 +69,12 @@ impl State {
     }
 }
 
-/// What a batch changed, to publish once its write transaction has committed.
+/// What a batch changed, to publish.
 pub(crate) struct BatchOutcome {
+    /// The versions it stored, by revision.
+    pub written: BTreeMap<RevisionKey, Vec<u8>>,
+    /// Versions of earlier batches its compactions removed.
+    pub removed: Vec<RevisionKey>,
     /// Per key, only the changes the batch made (all newer than the published ones).
     pub newer: Index,
     pub revision: i64,
@@ -93,6 +102,7 @@ impl StateBuilder {
                 alarms: Vec::new(),
                 leases: Leases::default(),
                 raft_meta: None,
+                unflushed: Unflushed::default(),
             },
             last: None,
         }
