@@ -74,8 +74,9 @@ struct Inner {
     /// Serialises batches and snapshot installs: each starts from the published state, so the
     /// next may begin only once the previous one has published.
     writer: Mutex<()>,
-    /// Serialises flushes. Lock order: `writer`, then `flusher`, then `state`.
-    flusher: Mutex<()>,
+    /// Serialises flushes, and holds the Raft metadata of the last durable one. Lock order:
+    /// `writer`, then `flusher`, then `state`.
+    flusher: Mutex<Option<Vec<u8>>>,
     /// Refreshed at open, `sync` and `install_snapshot`: redb measures it by walking the
     /// file's trees, which is too slow for every batch.
     /// Told about every change to the lease table once it is published (see
@@ -109,10 +110,14 @@ impl Inner {
     /// Writes the unflushed changes and the counters to the file in one transaction,
     /// durable (fsynced) or not.
     fn flush(&self, durable: bool) -> Result<(), StoreError> {
-        let _flusher = self.flusher.lock().expect("store flusher lock poisoned");
+        let mut durable_meta = self.flusher.lock().expect("store flusher lock poisoned");
         let (set, meta) = {
             let state = self.state();
-            if !durable && state.unflushed.is_empty() {
+            // Every applied batch moves the Raft metadata, so an unchanged one means that
+            // nothing was applied since: an idle member does not fsync every second.
+            let unchanged = state.unflushed.is_empty()
+                && (!durable || (durable_meta.is_some() && *durable_meta == state.raft_meta));
+            if unchanged {
                 return Ok(());
             }
             (state.unflushed.flush_set(), MetaRecord::of(&state))
@@ -140,6 +145,9 @@ impl Inner {
         }
         txn.commit()?;
         self.state_mut().unflushed.forget(&set);
+        if durable {
+            *durable_meta = meta.raft;
+        }
         Ok(())
     }
 }
@@ -187,7 +195,7 @@ impl Store {
                 path: path.to_path_buf(),
                 state: RwLock::new(state),
                 writer: Mutex::new(()),
-                flusher: Mutex::new(()),
+                flusher: Mutex::new(None),
                 lease_observer: OnceLock::new(),
                 sink: OnceLock::new(),
             }),
@@ -442,7 +450,7 @@ impl Store {
             .lock()
             .expect("store writer lock poisoned");
         // No flush may write the old state's unflushed changes over the new one.
-        let _flusher = self
+        let mut durable_meta = self
             .inner
             .flusher
             .lock()
@@ -471,6 +479,7 @@ impl Store {
         txn.commit()?;
         let lease_changes = published.leases.changes_to(&state.leases);
         let revision = state.revision;
+        durable_meta.clone_from(&state.raft_meta);
         *published = state;
         drop(published);
         if let Some(sink) = self.inner.sink() {

@@ -1219,6 +1219,22 @@ fn hash_kv_covers_versions_up_to_the_revision() {
 }
 
 #[test]
+fn sync_writes_the_file_only_when_something_was_applied() {
+    let (dir, store) = open_temp();
+    let path = dir.path().join("state.redb");
+    let modified = || std::fs::metadata(&path).unwrap().modified().unwrap();
+    put(&store, b"a", b"1");
+    store.sync().unwrap();
+    let synced = modified();
+    store.sync().unwrap();
+    assert_eq!(modified(), synced, "an idle store was written again");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    put(&store, b"a", b"2");
+    store.sync().unwrap();
+    assert!(modified() > synced, "the new write did not reach the file");
+}
+
+#[test]
 fn sync_and_sizes_report_the_file() {
     let (_dir, store) = open_temp();
     for i in 0..200u32 {
