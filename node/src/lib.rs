@@ -14,16 +14,23 @@
 //! - [`lease`]: the lessor: lease deadlines on the leader, expiry proposed through Raft.
 //! - [`watch`]: the watch hub: pushes each applied batch's events to synced watchers and
 //!   catches slow or replaying watchers up from the store's history.
+//! - [`security`]: the cluster CA, join tokens and admission, TLS with live certificate
+//!   renewal.
+//! - [`discovery`]: mDNS advertisement and browsing (`_cairn._tcp.local.`).
+//! - [`cli`]: the zero-config commands: `init`, `join`, `token`, `cert`, `discover`.
 //! - [`config`]: etcd-named flags, environment variables and the config file.
 //! - [`server`]: starts a member and serves the client listeners until shut down.
 //! - [`bench`]: `cairn bench`, an etcd `benchmark`-style load generator for any etcd endpoint.
 
 pub mod api;
 pub mod bench;
+pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod lease;
 pub mod proto;
 pub mod raft;
+pub mod security;
 pub mod server;
 pub mod store;
 pub mod watch;

@@ -1,0 +1,102 @@
+//! `cairn init` on one host and `cairn join --token` on two others, with nothing else: a
+//! three-voter cluster over mutual TLS, found over mDNS; refused tokens and certificates.
+
+use crate::site::{etcdctl, member_list, text, ClientFiles, Site, DEADLINE};
+
+#[test]
+fn init_and_token_joins_make_a_three_voter_mutual_tls_cluster() {
+    // Host 3 plays outsiders: another cluster's CA, a rotated token.
+    let mut site = Site::new(4);
+    site.start(0, &["init"], &[]);
+    let founder = site.host(0).client_url();
+    let admin = ClientFiles::admin_of(site.host(0));
+    site.wait_for("the founder to serve", || {
+        member_list(&founder, &admin).filter(|members| members.len() == 1)
+    });
+
+    // The founder is seen from another host, across the bridge.
+    let founder_peer = site.host(0).peer_url();
+    let listing = site.wait_for("host 1 to see the founder over mDNS", || {
+        let output = site.run(1, &["discover", "--timeout", "2"]);
+        let listing = text(&output);
+        (output.status.success() && listing.contains(&founder_peer)).then_some(listing)
+    });
+    assert!(listing.contains("\tmember\t"), "{listing}");
+
+    // A wrong secret is refused and changes nothing.
+    let token = site.token(0);
+    let (ca_part, _) = token.split_once("::").expect("a K10 token");
+    let wrong = format!("{ca_part}::{}", "0".repeat(32));
+    site.start(1, &["join", "--token", &wrong], &[]);
+    let (status, log) = site.wait_exit(1, DEADLINE);
+    assert!(!status.success(), "a wrong token must fail");
+    assert!(log.contains("join refused"), "{log}");
+    assert!(!site.host(1).pki("ca.crt").exists(), "nothing installed");
+    assert_eq!(member_list(&founder, &admin).map(|m| m.len()), Some(1));
+
+    // A token naming another CA: the founder's certificate is not trusted, so the secret
+    // is never sent.
+    let stranger_token = format!("K10{}::secret", "ab".repeat(32));
+    site.start(1, &["join", "--token", &stranger_token, "--join", &founder_peer], &[]);
+    let (status, log) = site.wait_exit(1, DEADLINE);
+    assert!(!status.success(), "a token of another CA must fail");
+    assert!(
+        log.contains("not from the cluster CA named in the join token"),
+        "{log}"
+    );
+
+    // A client certificate of another cluster's CA, made by a `cairn init` that is stopped
+    // once its files exist.
+    let stranger_dir = site.scratch("stranger");
+    site.start_in(3, &stranger_dir, &["init"], &[]);
+    let stranger_admin = ClientFiles {
+        ca: admin.ca.clone(),
+        cert: stranger_dir.join("pki/admin.crt"),
+        key: stranger_dir.join("pki/admin.key"),
+    };
+    site.wait_for("the stranger's certificates", || {
+        (stranger_admin.key.exists() && stranger_dir.join("cairn.toml").exists()).then_some(())
+    });
+    site.kill(3);
+
+    // The real joins, with nothing but the token: members found over mDNS.
+    site.start(1, &["join", "--token", &token], &[]);
+    site.start(2, &["join", "--token", &token], &[]);
+    let members = site.wait_for("three voters", || {
+        member_list(&founder, &admin)
+            .filter(|members| members.len() == 3 && members.iter().all(|(_, learner)| !learner))
+    });
+    assert_eq!(members.len(), 3);
+
+    // etcdctl with the admin certificate, through every member.
+    let put = etcdctl(&site.host(1).client_url(), Some(&admin), None, &["put", "greeting", "hello"]);
+    assert!(put.status.success(), "{}", text(&put));
+    let got = etcdctl(
+        &site.host(2).client_url(),
+        Some(&admin),
+        None,
+        &["get", "greeting", "--print-value-only"],
+    );
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "hello", "{}", text(&got));
+
+    // No certificate, a certificate of another CA, plaintext: all refused.
+    let no_cert = etcdctl(&founder, None, Some(&admin.ca), &["get", "greeting"]);
+    assert!(!no_cert.status.success(), "no client certificate: {}", text(&no_cert));
+    let other_ca = etcdctl(&founder, Some(&stranger_admin), None, &["get", "greeting"]);
+    assert!(!other_ca.status.success(), "another CA: {}", text(&other_ca));
+    let plaintext_url = founder.replace("https://", "http://");
+    let plaintext = etcdctl(&plaintext_url, None, None, &["get", "greeting"]);
+    assert!(!plaintext.status.success(), "plaintext: {}", text(&plaintext));
+
+    // After a rotation the old token is refused.
+    let founder_dir = site.host(0).data_dir.display().to_string();
+    let rotated = site.run(0, &["token", "--rotate", "--data-dir", &founder_dir]);
+    assert!(rotated.status.success(), "{}", text(&rotated));
+    assert_ne!(String::from_utf8_lossy(&rotated.stdout).trim(), token);
+    let late_dir = site.scratch("late");
+    site.start_in(3, &late_dir, &["join", "--token", &token, "--join", &founder_peer], &[]);
+    let (status, log) = site.wait_exit(3, DEADLINE);
+    assert!(!status.success(), "a rotated token must fail");
+    assert!(log.contains("join refused"), "{log}");
+    assert_eq!(member_list(&founder, &admin).map(|m| m.len()), Some(3));
+}
