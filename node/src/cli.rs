@@ -162,13 +162,21 @@ impl MemberArgs {
             )?,
         };
         let name = self.name.clone().unwrap_or_else(|| {
-            format!("{}-{}", host_name(), advertised.to_string().replace([':', '.'], "-"))
+            format!(
+                "{}-{}",
+                host_name(),
+                advertised.to_string().replace([':', '.'], "-")
+            )
         });
         let data_dir = self
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("{name}.cairn")));
-        let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+        let mut hosts = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
         hosts.push(advertised.to_string());
         hosts.extend(interfaces.iter().map(IpAddr::to_string));
         let host = host_name();
@@ -204,7 +212,10 @@ impl Layout {
             ("advertise-client-urls", self.client_url.clone()),
             ("listen-peer-urls", self.listen_peer.clone()),
             ("initial-advertise-peer-urls", self.peer_url.clone()),
-            ("initial-cluster", format!("{}={}", self.name, self.peer_url)),
+            (
+                "initial-cluster",
+                format!("{}={}", self.name, self.peer_url),
+            ),
             ("initial-cluster-state", state.to_owned()),
             ("initial-cluster-token", cluster_token.to_owned()),
         ]);
@@ -287,7 +298,11 @@ pub async fn join(args: &JoinArgs) -> anyhow::Result<ServerArgs> {
                 return saved_server_args(&layout.data_dir);
             }
             // The token itself was refused: another member would refuse it too.
-            Err(error) if error.to_string().starts_with(crate::security::join::REFUSED) => {
+            Err(error)
+                if error
+                    .to_string()
+                    .starts_with(crate::security::join::REFUSED) =>
+            {
                 return Err(error)
             }
             Err(error) => {
@@ -311,7 +326,9 @@ async fn members_on_lan(token: &JoinToken, wait: Duration) -> anyhow::Result<Vec
     .await??;
     let urls: Vec<String> = seen
         .into_iter()
-        .filter(|advertisement| advertisement.cluster_id == cluster && advertisement.state == "member")
+        .filter(|advertisement| {
+            advertisement.cluster_id == cluster && advertisement.state == "member"
+        })
         .flat_map(|advertisement| advertisement.peer_urls)
         .collect();
     if urls.is_empty() {

@@ -437,7 +437,11 @@ impl ServerArgs {
         if client.is_none() && client_addrs.iter().any(|(_, tls)| *tls) {
             bail!("https:// client URLs need --cert-file and --key-file, or a cluster CA in the data dir (`cairn init`)");
         }
-        if self.client_cert_auth && client.as_ref().is_none_or(|tls| tls.trusted_ca_file.is_none()) {
+        if self.client_cert_auth
+            && client
+                .as_ref()
+                .is_none_or(|tls| tls.trusted_ca_file.is_none())
+        {
             bail!("--client-cert-auth needs --trusted-ca-file");
         }
         if pki.is_some() && !self.insecure_plaintext_clients {
@@ -468,13 +472,20 @@ impl ServerArgs {
             (None, None, Some(pki)) => Some(from_pki(pki, ClientAuth::Optional)),
             (None, None, None) => None,
         };
-        if self.peer_client_cert_auth && peer.as_ref().is_none_or(|tls| tls.trusted_ca_file.is_none()) {
+        if self.peer_client_cert_auth
+            && peer
+                .as_ref()
+                .is_none_or(|tls| tls.trusted_ca_file.is_none())
+        {
             bail!("--peer-client-cert-auth needs --peer-trusted-ca-file");
         }
         let peer_tls_everywhere = peer_addrs.iter().all(|(_, tls)| *tls)
             && peer_urls.iter().all(|url| url.starts_with("https://"));
         if pki.is_some() && !peer_tls_everywhere {
-            bail!("this member belongs to a TLS cluster (a CA in {}): its peer URLs must be https://", data_dir.display());
+            bail!(
+                "this member belongs to a TLS cluster (a CA in {}): its peer URLs must be https://",
+                data_dir.display()
+            );
         }
         if peer.is_none() && peer_addrs.iter().any(|(_, tls)| *tls) {
             bail!("https:// peer URLs need --peer-cert-file and --peer-key-file, or a cluster CA in the data dir (`cairn init`)");

@@ -15,6 +15,7 @@ use crate::api::{
 };
 use crate::config::ServerConfig;
 use crate::lease::Lessor;
+use crate::proto::cairnpb::join_server::JoinServer;
 use crate::proto::cairnpb::peer_server::PeerServer;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
@@ -22,7 +23,6 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
-use crate::proto::cairnpb::join_server::JoinServer;
 use crate::raft::{PeerService, Peers};
 use crate::security::join::JoinService;
 use crate::security::tls::{self, CertSlot};
@@ -119,9 +119,9 @@ fn serve(
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
     match tls {
-        Some(tls) => tokio::spawn(
-            router.serve_with_incoming_shutdown(tls::incoming(listener, tls), stopped),
-        ),
+        Some(tls) => {
+            tokio::spawn(router.serve_with_incoming_shutdown(tls::incoming(listener, tls), stopped))
+        }
         None => tokio::spawn(router.serve_with_incoming_shutdown(no_delay(listener), stopped)),
     }
 }
@@ -286,7 +286,12 @@ pub async fn run(
                 .add_service(JoinServer::new(JoinService::new(node.clone(), pki.clone()))),
             _ => builder.add_service(peer_service),
         };
-        servers.push(serve(router, listener, certs.peer_server.clone().filter(|_| tls), stop_rx.clone()));
+        servers.push(serve(
+            router,
+            listener,
+            certs.peer_server.clone().filter(|_| tls),
+            stop_rx.clone(),
+        ));
         tracing::info!(%addr, tls, "serving peer requests");
     }
     for (listener, tls) in listeners.clients {
@@ -335,7 +340,12 @@ pub async fn run(
                 ))
                 .max_decoding_message_size(max_decoding),
             );
-        servers.push(serve(router, listener, certs.client_server.clone().filter(|_| tls), stop_rx.clone()));
+        servers.push(serve(
+            router,
+            listener,
+            certs.client_server.clone().filter(|_| tls),
+            stop_rx.clone(),
+        ));
         tracing::info!(%addr, tls, "serving client requests");
     }
     let advertiser = advertise(&config);

@@ -101,11 +101,12 @@ impl Drop for Advertiser {
 
 /// Listens for `wait` and returns every member seen, by member name and peer URLs.
 /// Blocking: call from a thread that may block.
-pub fn browse(wait: Duration, mut enough: impl FnMut(&Advertisement) -> bool) -> anyhow::Result<Vec<Advertisement>> {
+pub fn browse(
+    wait: Duration,
+    mut enough: impl FnMut(&Advertisement) -> bool,
+) -> anyhow::Result<Vec<Advertisement>> {
     let daemon = ServiceDaemon::new().context("cannot start mDNS")?;
-    let events = daemon
-        .browse(SERVICE_TYPE)
-        .context("cannot browse mDNS")?;
+    let events = daemon.browse(SERVICE_TYPE).context("cannot browse mDNS")?;
     let give_up = Instant::now() + wait;
     let mut seen = BTreeMap::new();
     while let Some(left) = give_up.checked_duration_since(Instant::now()) {

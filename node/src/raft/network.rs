@@ -67,10 +67,9 @@ impl Peers {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true);
         let channel = if url.starts_with("https://") {
-            let tls = self
-                .tls
-                .clone()
-                .ok_or_else(|| format!("peer URL {url:?} needs TLS, and this member has no peer certificate"))?;
+            let tls = self.tls.clone().ok_or_else(|| {
+                format!("peer URL {url:?} needs TLS, and this member has no peer certificate")
+            })?;
             endpoint.connect_with_connector_lazy(crate::security::tls::TlsConnector::new(tls))
         } else {
             endpoint.connect_lazy()

@@ -43,18 +43,16 @@ impl JoinService {
 
 /// The host of a URL, for the certificate's names.
 fn url_host(url: &str) -> Option<String> {
-    url::Url::parse(url)
-        .ok()?
-        .host_str()
-        .map(|host| host.trim_start_matches('[').trim_end_matches(']').to_owned())
+    url::Url::parse(url).ok()?.host_str().map(|host| {
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned()
+    })
 }
 
 #[tonic::async_trait]
 impl Join for JoinService {
-    async fn join(
-        &self,
-        request: Request<JoinRequest>,
-    ) -> Result<Response<JoinResponse>, Status> {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let request = request.into_inner();
         let token = self.pki.token().map_err(|error| {
             tracing::error!(%error, "cannot read the join token");

@@ -494,7 +494,11 @@ impl Pki {
 /// A key pair and a certificate signing request for a member joining as `identity`.
 pub fn member_request(identity: &Identity) -> anyhow::Result<(KeyPair, String)> {
     let key = KeyPair::generate()?;
-    let params = leaf_params(&identity.name, Some(MEMBER_ORGANISATION), LEAF_VALIDITY);
+    // Only the name: the signing member sets validity, usages and addresses itself.
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, identity.name.as_str());
+    params.distinguished_name = name;
     let request = params.serialize_request(&key)?.pem()?;
     Ok((key, request))
 }

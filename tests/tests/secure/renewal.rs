@@ -60,7 +60,11 @@ fn member_certificates_are_renewed_live_while_the_cluster_serves() {
     let token = site.token(0);
     let founder_peer = site.host(0).peer_url();
     for index in 1..3 {
-        site.start(index, &["join", "--token", &token, "--join", &founder_peer], &env);
+        site.start(
+            index,
+            &["join", "--token", &token, "--join", &founder_peer],
+            &env,
+        );
     }
     site.wait_for("three voters", || {
         member_list(&founder, &admin)
@@ -78,8 +82,17 @@ fn member_certificates_are_renewed_live_while_the_cluster_serves() {
     let renewed = site.wait_for("every member to serve a renewed certificate", || {
         let member = writes % 3;
         let key = format!("key-{writes}");
-        let put = etcdctl(&site.host(member).client_url(), Some(&admin), None, &["put", &key, "v"]);
-        assert!(put.status.success(), "write {writes} through member {member} failed during renewal: {}", text(&put));
+        let put = etcdctl(
+            &site.host(member).client_url(),
+            Some(&admin),
+            None,
+            &["put", &key, "v"],
+        );
+        assert!(
+            put.status.success(),
+            "write {writes} through member {member} failed during renewal: {}",
+            text(&put)
+        );
         writes += 1;
         let now: Vec<(Vec<u8>, i64)> = ips
             .iter()
@@ -98,12 +111,27 @@ fn member_certificates_are_renewed_live_while_the_cluster_serves() {
     site.kill(1);
     site.start(1, &["join", "--token", &token], &env);
     site.wait_for("the restarted member to serve writes", || {
-        etcdctl(&site.host(1).client_url(), Some(&admin), None, &["put", "after", "restart"])
-            .status
-            .success()
-            .then_some(())
+        etcdctl(
+            &site.host(1).client_url(),
+            Some(&admin),
+            None,
+            &["put", "after", "restart"],
+        )
+        .status
+        .success()
+        .then_some(())
     });
-    let got = etcdctl(&founder, Some(&admin), None, &["get", "after", "--print-value-only"]);
-    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "restart", "{}", text(&got));
+    let got = etcdctl(
+        &founder,
+        Some(&admin),
+        None,
+        &["get", "after", "--print-value-only"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "restart",
+        "{}",
+        text(&got)
+    );
     assert_eq!(member_list(&founder, &admin).map(|m| m.len()), Some(3));
 }

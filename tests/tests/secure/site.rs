@@ -103,6 +103,7 @@ impl Site {
             .arg(cairn_bin())
             .args(args)
             .env_remove("RUST_LOG")
+            .env_remove("RUST_BACKTRACE")
             .envs(TIMING)
             .envs(envs.iter().copied());
         cmd
@@ -115,8 +116,17 @@ impl Site {
     }
 
     /// Starts `cairn ARGS --data-dir DATA_DIR` as the host's member.
-    pub fn start_in(&mut self, index: usize, data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) {
-        assert!(self.hosts[index].child.is_none(), "host {index} runs a member already");
+    pub fn start_in(
+        &mut self,
+        index: usize,
+        data_dir: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) {
+        assert!(
+            self.hosts[index].child.is_none(),
+            "host {index} runs a member already"
+        );
         let data_dir = data_dir.display().to_string();
         let mut full: Vec<&str> = args.to_vec();
         full.extend(["--data-dir", &data_dir]);
@@ -144,7 +154,11 @@ impl Site {
     }
 
     /// Waits for host `index`'s member to exit and returns its status and log.
-    pub fn wait_exit(&mut self, index: usize, within: Duration) -> (std::process::ExitStatus, String) {
+    pub fn wait_exit(
+        &mut self,
+        index: usize,
+        within: Duration,
+    ) -> (std::process::ExitStatus, String) {
         let give_up = Instant::now() + within;
         let child = self.hosts[index].child.as_mut().expect("a member");
         loop {
@@ -249,10 +263,19 @@ impl ClientFiles {
 
 /// Runs `etcdctl ARGS` against `endpoint` with the given TLS files, from the test's
 /// namespace.
-pub fn etcdctl(endpoint: &str, tls: Option<&ClientFiles>, ca_only: Option<&Path>, args: &[&str]) -> Output {
+pub fn etcdctl(
+    endpoint: &str,
+    tls: Option<&ClientFiles>,
+    ca_only: Option<&Path>,
+    args: &[&str],
+) -> Output {
     let mut cmd = Command::new("etcdctl");
-    cmd.env("ETCDCTL_API", "3")
-        .args(["--endpoints", endpoint, "--dial-timeout=3s", "--command-timeout=5s"]);
+    cmd.env("ETCDCTL_API", "3").args([
+        "--endpoints",
+        endpoint,
+        "--dial-timeout=3s",
+        "--command-timeout=5s",
+    ]);
     if let Some(files) = tls {
         cmd.arg("--cacert")
             .arg(&files.ca)
@@ -266,7 +289,9 @@ pub fn etcdctl(endpoint: &str, tls: Option<&ClientFiles>, ca_only: Option<&Path>
     cmd.args(args)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run etcdctl (scripts/install-test-deps.sh installs etcd-client): {e}"))
+        .unwrap_or_else(|e| {
+            panic!("cannot run etcdctl (scripts/install-test-deps.sh installs etcd-client): {e}")
+        })
 }
 
 /// Each member's name and whether it is a learner, as `etcdctl member list` shows them.

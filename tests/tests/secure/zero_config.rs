@@ -37,7 +37,11 @@ fn init_and_token_joins_make_a_three_voter_mutual_tls_cluster() {
     // A token naming another CA: the founder's certificate is not trusted, so the secret
     // is never sent.
     let stranger_token = format!("K10{}::secret", "ab".repeat(32));
-    site.start(1, &["join", "--token", &stranger_token, "--join", &founder_peer], &[]);
+    site.start(
+        1,
+        &["join", "--token", &stranger_token, "--join", &founder_peer],
+        &[],
+    );
     let (status, log) = site.wait_exit(1, DEADLINE);
     assert!(!status.success(), "a token of another CA must fail");
     assert!(
@@ -69,7 +73,12 @@ fn init_and_token_joins_make_a_three_voter_mutual_tls_cluster() {
     assert_eq!(members.len(), 3);
 
     // etcdctl with the admin certificate, through every member.
-    let put = etcdctl(&site.host(1).client_url(), Some(&admin), None, &["put", "greeting", "hello"]);
+    let put = etcdctl(
+        &site.host(1).client_url(),
+        Some(&admin),
+        None,
+        &["put", "greeting", "hello"],
+    );
     assert!(put.status.success(), "{}", text(&put));
     let got = etcdctl(
         &site.host(2).client_url(),
@@ -77,16 +86,33 @@ fn init_and_token_joins_make_a_three_voter_mutual_tls_cluster() {
         None,
         &["get", "greeting", "--print-value-only"],
     );
-    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "hello", "{}", text(&got));
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "hello",
+        "{}",
+        text(&got)
+    );
 
     // No certificate, a certificate of another CA, plaintext: all refused.
     let no_cert = etcdctl(&founder, None, Some(&admin.ca), &["get", "greeting"]);
-    assert!(!no_cert.status.success(), "no client certificate: {}", text(&no_cert));
+    assert!(
+        !no_cert.status.success(),
+        "no client certificate: {}",
+        text(&no_cert)
+    );
     let other_ca = etcdctl(&founder, Some(&stranger_admin), None, &["get", "greeting"]);
-    assert!(!other_ca.status.success(), "another CA: {}", text(&other_ca));
+    assert!(
+        !other_ca.status.success(),
+        "another CA: {}",
+        text(&other_ca)
+    );
     let plaintext_url = founder.replace("https://", "http://");
     let plaintext = etcdctl(&plaintext_url, None, None, &["get", "greeting"]);
-    assert!(!plaintext.status.success(), "plaintext: {}", text(&plaintext));
+    assert!(
+        !plaintext.status.success(),
+        "plaintext: {}",
+        text(&plaintext)
+    );
 
     // After a rotation the old token is refused.
     let founder_dir = site.host(0).data_dir.display().to_string();
@@ -94,7 +120,12 @@ fn init_and_token_joins_make_a_three_voter_mutual_tls_cluster() {
     assert!(rotated.status.success(), "{}", text(&rotated));
     assert_ne!(String::from_utf8_lossy(&rotated.stdout).trim(), token);
     let late_dir = site.scratch("late");
-    site.start_in(3, &late_dir, &["join", "--token", &token, "--join", &founder_peer], &[]);
+    site.start_in(
+        3,
+        &late_dir,
+        &["join", "--token", &token, "--join", &founder_peer],
+        &[],
+    );
     let (status, log) = site.wait_exit(3, DEADLINE);
     assert!(!status.success(), "a rotated token must fail");
     assert!(log.contains("join refused"), "{log}");
