@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{cluster_id, ServerArgs};
 use crate::discovery::{self, Advertisement};
-use crate::security::join::{join_through, Applicant};
+use crate::security::join::{join_through, share_rotated_token, Applicant};
 use crate::security::pki::{self, Identity, JoinToken, Pki};
 
 /// Where a zero-config member listens unless told otherwise.
@@ -340,15 +340,40 @@ async fn members_on_lan(token: &JoinToken, wait: Duration) -> anyhow::Result<Vec
     Ok(urls)
 }
 
-/// `cairn token`.
-pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
+/// `cairn token`: shows the token, or rotates it here and, through the running member, on
+/// every member.
+pub async fn token(args: &TokenArgs) -> anyhow::Result<()> {
     let pki = existing_pki(&args.data_dir)?;
-    let token = if args.rotate {
-        pki.rotate_token()?
-    } else {
-        pki.token()?
-    };
+    if !args.rotate {
+        println!("{}", pki.token()?);
+        return Ok(());
+    }
+    let token = pki.rotate_token()?;
     println!("{token}");
+    let peer_url = saved_server_args(&args.data_dir)
+        .ok()
+        .and_then(|server| server.initial_advertise_peer_urls)
+        .and_then(|urls| urls.split(',').next().map(str::to_owned));
+    let Some(peer_url) = peer_url else {
+        eprintln!("rotated on this member only: no settings file in the data dir");
+        return Ok(());
+    };
+    match share_rotated_token(&pki, &peer_url, &token).await {
+        Ok(unreached) if unreached.is_empty() => {
+            eprintln!("rotated on every member");
+        }
+        Ok(unreached) => {
+            eprintln!(
+                "rotated on this member; not reached (they still accept the old token; run `cairn token --rotate` again when they are back):\n  {}",
+                unreached.join("\n  ")
+            );
+        }
+        Err(error) => {
+            eprintln!(
+                "rotated on this member only (the others still accept the old token): {error:#}"
+            );
+        }
+    }
     Ok(())
 }
 

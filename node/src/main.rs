@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
             let server = runtime.block_on(cli::join(&args))?;
             serve(&runtime, &server)
         }
-        Some(Command::Token(args)) => cli::token(&args),
+        Some(Command::Token(args)) => runtime.block_on(cli::token(&args)),
         Some(Command::Cert(cli::CertCommand::Client(args))) => cli::client_cert(&args),
         Some(Command::Discover(args)) => cli::discover(&args),
         None => {

@@ -49,6 +49,13 @@ impl Peers {
 
     /// A client for `member`'s peer service, on its first peer URL.
     pub fn client(&self, member: &Member) -> Result<PeerClient<Channel>, String> {
+        Ok(PeerClient::new(self.channel(member)?)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX))
+    }
+
+    /// The channel to `member`'s first peer URL, for any service on the peer listener.
+    pub fn channel(&self, member: &Member) -> Result<Channel, String> {
         let url = member
             .peer_urls
             .first()
@@ -58,7 +65,7 @@ impl Peers {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(channel) = channels.get(url) {
-            return Ok(PeerClient::new(channel.clone()));
+            return Ok(channel.clone());
         }
         let endpoint = Endpoint::from_shared(crate::security::tls::plain_uri(url))
             .map_err(|e| format!("bad peer URL {url:?}: {e}"))?
@@ -75,9 +82,7 @@ impl Peers {
             endpoint.connect_lazy()
         };
         channels.insert(url.clone(), channel.clone());
-        Ok(PeerClient::new(channel)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX))
+        Ok(channel)
     }
 }
 

@@ -19,8 +19,11 @@ use super::tls::{join_client_config, plain_uri, TlsConnector};
 use crate::api::SharedNode;
 use crate::proto::cairnpb::join_client::JoinClient;
 use crate::proto::cairnpb::join_server::Join;
-use crate::proto::cairnpb::{JoinRequest, JoinResponse, JoinedMember};
+use crate::proto::cairnpb::{
+    JoinRequest, JoinResponse, JoinedMember, ShareTokenRequest, ShareTokenResponse,
+};
 use crate::raft::membership::MembershipChange;
+use crate::security::tls::ClientIdentity;
 
 /// What a member answers to a wrong secret. The same answer whatever was wrong with it.
 pub const REFUSED: &str =
@@ -137,6 +140,101 @@ impl Join for JoinService {
             join_token: token.to_string(),
         }))
     }
+
+    async fn share_token(
+        &self,
+        request: Request<ShareTokenRequest>,
+    ) -> Result<Response<ShareTokenResponse>, Status> {
+        let from_member = request
+            .extensions()
+            .get::<ClientIdentity>()
+            .is_some_and(|identity| identity.member);
+        if !from_member {
+            return Err(Status::permission_denied(
+                "cairn: only members may change the join token",
+            ));
+        }
+        let request = request.into_inner();
+        let token: JoinToken = request
+            .token
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("cairn: {e:#}")))?;
+        let own = self
+            .pki
+            .token()
+            .map_err(|e| Status::unavailable(format!("cairn: {e:#}")))?;
+        if token.ca_hash != own.ca_hash {
+            return Err(Status::invalid_argument(
+                "cairn: the token names another cluster's CA",
+            ));
+        }
+        self.pki
+            .save_token(&token)
+            .map_err(|e| Status::internal(format!("cairn: {e:#}")))?;
+        tracing::info!("the join token was rotated");
+        let mut unreached = Vec::new();
+        if request.spread {
+            let others: Vec<crate::raft::Member> = {
+                let metrics = self.node.raft.metrics();
+                let metrics = metrics.borrow();
+                metrics
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .filter(|(id, _)| **id != self.node.member_id)
+                    .map(|(_, member)| member.clone())
+                    .collect()
+            };
+            for member in others {
+                let shared = match self.node.peers.channel(&member) {
+                    Ok(channel) => JoinClient::new(channel)
+                        .share_token(ShareTokenRequest {
+                            token: request.token.clone(),
+                            spread: false,
+                        })
+                        .await
+                        .map(drop)
+                        .map_err(|status| status.message().to_owned()),
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = shared {
+                    unreached.push(format!("{}: {error}", member.name));
+                }
+            }
+        }
+        Ok(Response::new(ShareTokenResponse { unreached }))
+    }
+}
+
+/// Hands a rotated token to the member running on `data_dir` (at its advertised `peer_url`),
+/// which stores it and passes it on to every other member. Returns the members not reached.
+pub async fn share_rotated_token(
+    pki: &Pki,
+    peer_url: &str,
+    token: &JoinToken,
+) -> anyhow::Result<Vec<String>> {
+    let slot = super::tls::CertSlot::load(&pki.node_cert_path(), &pki.node_key_path(), None)?;
+    let config = super::tls::peer_client_config(slot, &pki.ca_cert_path())?;
+    let channel = Endpoint::from_shared(plain_uri(peer_url))
+        .with_context(|| format!("{peer_url:?} is not a URL"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(JOIN_TIMEOUT)
+        .connect_with_connector(TlsConnector::new(config))
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "cannot reach this member at {peer_url}: {}",
+                full_chain(&error)
+            )
+        })?;
+    let answer = JoinClient::new(channel)
+        .share_token(ShareTokenRequest {
+            token: token.to_string(),
+            spread: true,
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
+    Ok(answer.into_inner().unreached)
 }
 
 /// What a node asks to join as.

@@ -476,7 +476,8 @@ impl Pki {
             .with_context(|| format!("{} is damaged", self.token_path().display()))
     }
 
-    fn save_token(&self, token: &JoinToken) -> anyhow::Result<()> {
+    /// Stores `token` as the cluster's join token.
+    pub fn save_token(&self, token: &JoinToken) -> anyhow::Result<()> {
         write_file(&self.token_path(), token.to_string().as_bytes(), true)
     }
 

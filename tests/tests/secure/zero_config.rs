@@ -114,16 +114,27 @@ fn init_and_token_joins_make_a_three_voter_mutual_tls_cluster() {
         text(&plaintext)
     );
 
-    // After a rotation the old token is refused.
+    // A rotation on one member reaches every member, and the old token is refused
+    // everywhere.
     let founder_dir = site.host(0).data_dir.display().to_string();
     let rotated = site.run(0, &["token", "--rotate", "--data-dir", &founder_dir]);
     assert!(rotated.status.success(), "{}", text(&rotated));
-    assert_ne!(String::from_utf8_lossy(&rotated.stdout).trim(), token);
+    assert!(
+        text(&rotated).contains("rotated on every member"),
+        "{}",
+        text(&rotated)
+    );
+    let new_token = String::from_utf8_lossy(&rotated.stdout).trim().to_owned();
+    assert_ne!(new_token, token);
+    for index in 0..3 {
+        assert_eq!(site.token(index), new_token, "host {index}'s token");
+    }
     let late_dir = site.scratch("late");
+    let other_peer = site.host(1).peer_url();
     site.start_in(
         3,
         &late_dir,
-        &["join", "--token", &token, "--join", &founder_peer],
+        &["join", "--token", &token, "--join", &other_peer],
         &[],
     );
     let (status, log) = site.wait_exit(3, DEADLINE);
