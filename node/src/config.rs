@@ -141,6 +141,10 @@ pub struct ServerArgs {
     #[arg(long, env = "CAIRN_INSECURE_PLAINTEXT_CLIENTS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub insecure_plaintext_clients: bool,
 
+    /// URLs to serve `/health` on over plain HTTP (comma separated; none by default).
+    #[arg(long, env = "CAIRN_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
+
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "CAIRN_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -191,6 +195,8 @@ pub struct ServerConfig {
     /// Peer listeners; `true` where the URL is `https://`.
     pub peer_addrs: Vec<(SocketAddr, bool)>,
     pub tls: TlsSettings,
+    /// `--listen-metrics-urls`.
+    pub metrics_addrs: Vec<SocketAddr>,
     pub advertise_client_urls: Vec<String>,
     pub member_id: MemberId,
     pub cluster_id: u64,
@@ -351,12 +357,20 @@ impl ServerArgs {
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("{}.cairn", self.name)));
         let tls = self.tls_settings(&data_dir, &client_addrs, &peer_addrs, &peer_urls)?;
+        let mut metrics_addrs = Vec::new();
+        for url in split_urls(&self.listen_metrics_urls) {
+            match listen_addr(&url).context("bad --listen-metrics-urls")? {
+                (addr, false) => metrics_addrs.push(addr),
+                (_, true) => bail!("{url}: /health is served over http:// only"),
+            }
+        }
         Ok(ServerConfig {
             name: self.name.clone(),
             data_dir,
             client_addrs,
             peer_addrs,
             tls,
+            metrics_addrs,
             advertise_client_urls: advertise_client_urls.clone(),
             member_id: member_id(&peer_urls, token),
             cluster_id: cluster_id(token),

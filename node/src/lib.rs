@@ -18,6 +18,7 @@
 //!   renewal.
 //! - [`discovery`]: mDNS advertisement and browsing (`_cairn._tcp.local.`).
 //! - [`cli`]: the zero-config commands: `init`, `join`, `token`, `cert`, `discover`.
+//! - [`health`]: `GET /health` on `--listen-metrics-urls`, with certificate expiry.
 //! - [`config`]: etcd-named flags, environment variables and the config file.
 //! - [`server`]: starts a member and serves the client listeners until shut down.
 //! - [`bench`]: `cairn bench`, an etcd `benchmark`-style load generator for any etcd endpoint.
@@ -27,6 +28,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod health;
 pub mod lease;
 pub mod proto;
 pub mod raft;

@@ -153,6 +153,8 @@ fn advertise(config: &ServerConfig) -> Option<crate::discovery::Advertiser> {
 pub struct Listeners {
     pub clients: Vec<(TcpListener, bool)>,
     pub peers: Vec<(TcpListener, bool)>,
+    /// `--listen-metrics-urls`: plain HTTP, `/health`.
+    pub metrics: Vec<TcpListener>,
 }
 
 /// Binds the client and peer listeners named in `config`.
@@ -171,7 +173,18 @@ pub async fn bind(config: &ServerConfig) -> anyhow::Result<Listeners> {
             .map_err(|e| anyhow::anyhow!("cannot listen for peers on {addr}: {e}"))?;
         peers.push((listener, *tls));
     }
-    Ok(Listeners { clients, peers })
+    let mut metrics = Vec::new();
+    for addr in &config.metrics_addrs {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for /health on {addr}: {e}"))?;
+        metrics.push(listener);
+    }
+    Ok(Listeners {
+        clients,
+        peers,
+        metrics,
+    })
 }
 
 /// Serves until `shutdown` completes, then stops Raft and makes the store durable.
@@ -213,6 +226,7 @@ pub async fn run(
         lessor: lessor.clone(),
         read_index: ReadIndexBatcher::default(),
         leader_wait: config.raft.election_timeout * 3,
+        certificate_files: config.tls.certificate_files(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -347,6 +361,19 @@ pub async fn run(
             stop_rx.clone(),
         ));
         tracing::info!(%addr, tls, "serving client requests");
+    }
+    for listener in listeners.metrics {
+        let addr = listener.local_addr()?;
+        let health = tokio::spawn(crate::health::serve(
+            listener,
+            node.clone(),
+            stop_rx.clone(),
+        ));
+        servers.push(tokio::spawn(async move {
+            let _ = health.await;
+            Ok(())
+        }));
+        tracing::info!(%addr, "serving /health");
     }
     let advertiser = advertise(&config);
     tracing::info!(

@@ -11,6 +11,32 @@ use std::path::PathBuf;
 
 pub use tls::ClientAuth;
 
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+/// How close to its expiry a certificate is reported as a problem (in Status's errors).
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// When the certificate in `path` expires.
+pub fn expiry(path: &Path) -> anyhow::Result<SystemTime> {
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    pki::not_after(&pem)
+}
+
+impl TlsSettings {
+    /// The certificate files served, each once.
+    pub fn certificate_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = [&self.client, &self.peer]
+            .into_iter()
+            .flatten()
+            .map(|listener| listener.cert_file.clone())
+            .collect();
+        files.dedup();
+        files
+    }
+}
+
 /// The TLS settings of a listener, from etcd's flags or from the data dir's PKI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerTls {

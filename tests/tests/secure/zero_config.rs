@@ -1,18 +1,34 @@
 //! `cairn init` on one host and `cairn join --token` on two others, with nothing else: a
 //! three-voter cluster over mutual TLS, found over mDNS; refused tokens and certificates.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
 use crate::site::{etcdctl, member_list, text, ClientFiles, Site, DEADLINE};
 
 #[test]
 fn init_and_token_joins_make_a_three_voter_mutual_tls_cluster() {
     // Host 3 plays outsiders: another cluster's CA, a rotated token.
     let mut site = Site::new(4);
-    site.start(0, &["init"], &[]);
+    site.start(
+        0,
+        &["init"],
+        &[("CAIRN_LISTEN_METRICS_URLS", "http://0.0.0.0:2381")],
+    );
     let founder = site.host(0).client_url();
     let admin = ClientFiles::admin_of(site.host(0));
     site.wait_for("the founder to serve", || {
         member_list(&founder, &admin).filter(|members| members.len() == 1)
     });
+
+    // `/health` reports the certificates' expiry.
+    let health = http_get(&site.host(0).net.client_ip, 2381, "/health");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains(r#""health":"true""#), "{health}");
+    assert!(
+        health.contains("node.crt") && health.contains("not_after"),
+        "{health}"
+    );
 
     // The founder is seen from another host, across the bridge.
     let founder_peer = site.host(0).peer_url();
@@ -141,4 +157,19 @@ fn init_and_token_joins_make_a_three_voter_mutual_tls_cluster() {
     assert!(!status.success(), "a rotated token must fail");
     assert!(log.contains("join refused"), "{log}");
     assert_eq!(member_list(&founder, &admin).map(|m| m.len()), Some(3));
+}
+
+/// The whole HTTP/1.1 response to `GET PATH`.
+fn http_get(ip: &str, port: u16, path: &str) -> String {
+    let mut stream = TcpStream::connect((ip, port)).expect("connect to the metrics URL");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    response
 }
