@@ -15,12 +15,13 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{cluster_id, ServerArgs};
 use crate::discovery::{self, Advertisement};
+use crate::proto::cairnpb::JoinResponse;
 use crate::security::join::{join_through, share_rotated_token, Applicant};
 use crate::security::pki::{self, Identity, JoinToken, Pki};
 
 /// Where a zero-config member listens unless told otherwise.
 const CLIENT_PORT: u16 = 2379;
-const PEER_PORT: u16 = 2380;
+pub(crate) const PEER_PORT: u16 = 2380;
 
 /// The member's settings file inside its data dir.
 const SETTINGS_FILE: &str = "cairn.toml";
@@ -44,6 +45,58 @@ pub struct MemberArgs {
     /// Address to listen on [default: every address].
     #[arg(long, default_value = "0.0.0.0")]
     pub listen_address: IpAddr,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// On a data dir that is not set up yet: advertise this node as uninitialized over mDNS
+    /// and wait for a bootstrap or a join made with its setup code (`cairn setup`).
+    #[arg(long)]
+    pub wait: bool,
+
+    #[command(flatten)]
+    pub member: MemberArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SetupCodeArgs {
+    /// Data directory of the waiting node.
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct SetupArgs {
+    /// Peer URL of the waiting node, as `cairn discover` shows it.
+    #[arg(long)]
+    pub node: String,
+
+    /// The node's setup code (`cairn setup-code` on the node).
+    #[arg(long)]
+    pub code: String,
+
+    /// SHA-256 of the node's setup certificate, as `cairn discover` shows it; without it
+    /// the node's identity is not checked.
+    #[arg(long)]
+    pub fingerprint: Option<String>,
+
+    #[command(subcommand)]
+    pub action: SetupAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SetupAction {
+    /// Found a new cluster on the node.
+    Bootstrap,
+    /// Have the node join a cluster.
+    Join {
+        /// The cluster's join token.
+        #[arg(long)]
+        token: String,
+        /// Peer URL of a member [default: found over mDNS by the node].
+        #[arg(long)]
+        join: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -142,18 +195,19 @@ fn url(address: IpAddr, port: u16) -> String {
 }
 
 /// A zero-config member's settings, resolved from its arguments and the host.
-struct Layout {
-    name: String,
-    data_dir: PathBuf,
+#[derive(Clone)]
+pub(crate) struct Layout {
+    pub(crate) name: String,
+    pub(crate) data_dir: PathBuf,
     listen_client: String,
     listen_peer: String,
     client_url: String,
-    peer_url: String,
-    identity: Identity,
+    pub(crate) peer_url: String,
+    pub(crate) identity: Identity,
 }
 
 impl MemberArgs {
-    fn layout(&self) -> anyhow::Result<Layout> {
+    pub(crate) fn layout(&self) -> anyhow::Result<Layout> {
         let interfaces = interface_addresses();
         let advertised = match self.advertise_address {
             Some(address) => address,
@@ -250,13 +304,12 @@ pub fn saved_server_args(data_dir: &Path) -> anyhow::Result<ServerArgs> {
 /// token, and returns the settings to serve with.
 pub fn init(args: &InitArgs) -> anyhow::Result<ServerArgs> {
     let layout = args.member.layout()?;
-    let pki = Pki::in_data_dir(&layout.data_dir);
-    if pki.exists() {
+    if Pki::in_data_dir(&layout.data_dir).exists() {
         tracing::info!(data_dir = %layout.data_dir.display(), "already initialised; starting");
         return saved_server_args(&layout.data_dir);
     }
-    let token = pki.create(&layout.identity)?;
-    layout.save(&hex::encode(token.ca_hash), "new")?;
+    let token = found_cluster(&layout)?;
+    let pki = Pki::in_data_dir(&layout.data_dir);
     let (admin_cert, admin_key) = pki.client_cert_paths("admin");
     println!("Cluster created. Join other nodes with:\n\n    cairn join --token {token}\n");
     println!(
@@ -269,19 +322,44 @@ pub fn init(args: &InitArgs) -> anyhow::Result<ServerArgs> {
     saved_server_args(&layout.data_dir)
 }
 
+/// Creates a new cluster's PKI and this member's settings in `layout`'s data dir.
+pub(crate) fn found_cluster(layout: &Layout) -> anyhow::Result<JoinToken> {
+    let token = Pki::in_data_dir(&layout.data_dir).create(&layout.identity)?;
+    layout.save(&hex::encode(token.ca_hash), "new")?;
+    Ok(token)
+}
+
 /// `cairn join`: finds a member, is admitted with the token, and returns the settings to
 /// serve with.
 pub async fn join(args: &JoinArgs) -> anyhow::Result<ServerArgs> {
     let token: JoinToken = args.token.parse()?;
     let layout = args.member.layout()?;
-    let pki = Pki::in_data_dir(&layout.data_dir);
-    if pki.exists() {
+    if Pki::in_data_dir(&layout.data_dir).exists() {
         tracing::info!(data_dir = %layout.data_dir.display(), "already joined; starting");
         return saved_server_args(&layout.data_dir);
     }
-    let candidates = match &args.join {
-        Some(url) => vec![url.clone()],
-        None => members_on_lan(&token, Duration::from_secs(args.discover_timeout)).await?,
+    join_cluster(
+        &layout,
+        &token,
+        args.join.as_deref(),
+        Duration::from_secs(args.discover_timeout),
+    )
+    .await?;
+    saved_server_args(&layout.data_dir)
+}
+
+/// Has this node admitted with `token` through `via` (else a member found over mDNS within
+/// `wait`), and stores its certificates and settings in `layout`'s data dir.
+pub(crate) async fn join_cluster(
+    layout: &Layout,
+    token: &JoinToken,
+    via: Option<&str>,
+    wait: Duration,
+) -> anyhow::Result<JoinResponse> {
+    let pki = Pki::in_data_dir(&layout.data_dir);
+    let candidates = match via {
+        Some(url) => vec![url.to_owned()],
+        None => members_on_lan(token, wait).await?,
     };
     let applicant = Applicant {
         identity: layout.identity.clone(),
@@ -290,12 +368,12 @@ pub async fn join(args: &JoinArgs) -> anyhow::Result<ServerArgs> {
     };
     let mut failures = Vec::new();
     for candidate in &candidates {
-        match join_through(candidate, &token, &applicant, &pki).await {
+        match join_through(candidate, token, &applicant, &pki).await {
             Ok(answer) => {
                 let members: Vec<&str> = answer.members.iter().map(|m| m.name.as_str()).collect();
                 tracing::info!(via = %candidate, member_id = %format!("{:x}", answer.member_id), ?members, "admitted to the cluster");
                 layout.save(&answer.cluster_token, "existing")?;
-                return saved_server_args(&layout.data_dir);
+                return Ok(answer);
             }
             // The token itself was refused: another member would refuse it too.
             Err(error)
@@ -401,10 +479,71 @@ fn existing_pki(data_dir: &Path) -> anyhow::Result<Pki> {
     Ok(pki)
 }
 
+/// `cairn serve`: a set-up member serves; with `--wait`, a node that is not set up waits for
+/// its setup first.
+pub async fn serve(args: &ServeArgs) -> anyhow::Result<ServerArgs> {
+    let layout = args.member.layout()?;
+    if Pki::in_data_dir(&layout.data_dir).exists() {
+        return saved_server_args(&layout.data_dir);
+    }
+    if !args.wait {
+        bail!(
+            "{} is not set up: run `cairn init`, `cairn join --token T`, or `cairn serve --wait` to be set up remotely",
+            layout.data_dir.display()
+        );
+    }
+    let listen = std::net::SocketAddr::new(args.member.listen_address, PEER_PORT);
+    crate::setup::wait_for_setup(&layout, listen).await?;
+    saved_server_args(&layout.data_dir)
+}
+
+/// `cairn setup-code`: the waiting node's setup code.
+pub fn setup_code(args: &SetupCodeArgs) -> anyhow::Result<()> {
+    println!("{}", crate::setup::read_code(&args.data_dir)?);
+    Ok(())
+}
+
+/// `cairn setup`: bootstraps or joins a waiting node with its setup code.
+pub async fn setup(args: &SetupArgs) -> anyhow::Result<()> {
+    let fingerprint = args
+        .fingerprint
+        .as_deref()
+        .map(|text| {
+            hex::decode(text)
+                .ok()
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                .context("--fingerprint must be 64 hexadecimal digits")
+        })
+        .transpose()?;
+    if fingerprint.is_none() {
+        eprintln!("warning: without --fingerprint the node's identity is not checked");
+    }
+    match &args.action {
+        SetupAction::Bootstrap => {
+            let token =
+                crate::setup::request_bootstrap(&args.node, fingerprint, &args.code).await?;
+            println!("{token}");
+        }
+        SetupAction::Join { token, join } => {
+            let token: JoinToken = token.parse()?;
+            let member_id = crate::setup::request_join(
+                &args.node,
+                fingerprint,
+                &args.code,
+                &token,
+                join.as_deref(),
+            )
+            .await?;
+            println!("joined as member {member_id:x}");
+        }
+    }
+    Ok(())
+}
+
 /// `cairn discover`: one line per member seen.
 pub fn discover(args: &DiscoverArgs) -> anyhow::Result<()> {
     let seen = discovery::browse(Duration::from_secs(args.timeout), |_| false)?;
-    println!("NAME\tSTATE\tCLUSTER\tMEMBER\tPEER URLS\tCLIENT URLS\tVERSION");
+    println!("NAME\tSTATE\tCLUSTER\tMEMBER\tPEER URLS\tCLIENT URLS\tVERSION\tFINGERPRINT");
     for Advertisement {
         cluster_id,
         name,
@@ -413,10 +552,11 @@ pub fn discover(args: &DiscoverArgs) -> anyhow::Result<()> {
         client_urls,
         peer_urls,
         version,
+        fingerprint,
     } in seen
     {
         println!(
-            "{name}\t{state}\t{cluster_id}\t{member_id}\t{}\t{}\t{version}",
+            "{name}\t{state}\t{cluster_id}\t{member_id}\t{}\t{}\t{version}\t{fingerprint}",
             peer_urls.join(","),
             client_urls.join(",")
         );

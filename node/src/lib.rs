@@ -20,6 +20,7 @@
 //! - [`cli`]: the zero-config commands: `init`, `join`, `token`, `cert`, `discover`.
 //! - [`health`]: `GET /health` on `--listen-metrics-urls`, with certificate expiry.
 //! - [`config`]: etcd-named flags, environment variables and the config file.
+//! - [`setup`]: unconfigured nodes (`cairn serve --wait`): setup code, bootstrap or join on request.
 //! - [`server`]: starts a member and serves the client listeners until shut down.
 //! - [`bench`]: `cairn bench`, an etcd `benchmark`-style load generator for any etcd endpoint.
 
@@ -34,5 +35,6 @@ pub mod proto;
 pub mod raft;
 pub mod security;
 pub mod server;
+pub mod setup;
 pub mod store;
 pub mod watch;

@@ -30,6 +30,12 @@ enum Command {
     /// Join a zero-config cluster with its token (a member found over mDNS or `--join`);
     /// then serve over TLS.
     Join(cli::JoinArgs),
+    /// Serve a set-up member; with `--wait`, wait for an unconfigured node's setup first.
+    Serve(cli::ServeArgs),
+    /// Show the setup code of a node waiting for setup (`cairn serve --wait`).
+    SetupCode(cli::SetupCodeArgs),
+    /// Bootstrap or join a node waiting for setup, with its setup code.
+    Setup(cli::SetupArgs),
     /// Show (or `--rotate`) the join token.
     Token(cli::TokenArgs),
     /// Issue certificates from the cluster CA.
@@ -61,6 +67,13 @@ fn main() -> anyhow::Result<()> {
             let server = runtime.block_on(cli::join(&args))?;
             serve(&runtime, &server)
         }
+        Some(Command::Serve(args)) => {
+            set_up_logging(&cli.server.log_level);
+            let server = runtime.block_on(cli::serve(&args))?;
+            serve(&runtime, &server)
+        }
+        Some(Command::SetupCode(args)) => cli::setup_code(&args),
+        Some(Command::Setup(args)) => runtime.block_on(cli::setup(&args)),
         Some(Command::Token(args)) => runtime.block_on(cli::token(&args)),
         Some(Command::Cert(cli::CertCommand::Client(args))) => cli::client_cert(&args),
         Some(Command::Discover(args)) => cli::discover(&args),

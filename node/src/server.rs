@@ -139,6 +139,7 @@ fn advertise(config: &ServerConfig) -> Option<crate::discovery::Advertiser> {
         client_urls: config.advertise_client_urls.clone(),
         peer_urls: config.member.peer_urls.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        fingerprint: String::new(),
     };
     match crate::discovery::Advertiser::start(&advertisement, port) {
         Ok(advertiser) => Some(advertiser),

@@ -24,6 +24,9 @@ pub struct Advertisement {
     pub client_urls: Vec<String>,
     pub peer_urls: Vec<String>,
     pub version: String,
+    /// SHA-256 of the setup certificate of an uninitialised node (`cairn setup
+    /// --fingerprint`); empty for members.
+    pub fingerprint: String,
 }
 
 impl Advertisement {
@@ -36,6 +39,7 @@ impl Advertisement {
             ("client_urls", self.client_urls.join(",")),
             ("peer_urls", self.peer_urls.join(",")),
             ("version", self.version.clone()),
+            ("fingerprint", self.fingerprint.clone()),
         ]
     }
 
@@ -56,6 +60,7 @@ impl Advertisement {
             client_urls: list("client_urls"),
             peer_urls: list("peer_urls"),
             version: text("version"),
+            fingerprint: text("fingerprint"),
         }
     }
 }

@@ -246,7 +246,7 @@ pub struct Applicant {
 
 /// The error and its causes on one line: tonic's transport errors keep the TLS reason in
 /// their sources.
-fn full_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn full_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

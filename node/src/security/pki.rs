@@ -121,17 +121,22 @@ impl std::str::FromStr for JoinToken {
 }
 
 impl JoinToken {
-    /// Compares the secrets in constant time, so the time an answer takes says nothing
-    /// about how much of a guess was right.
+    /// Whether `offered` is this token's secret.
     pub fn secret_matches(&self, offered: &str) -> bool {
-        let (expected, offered) = (self.secret.as_bytes(), offered.as_bytes());
-        expected.len() == offered.len()
-            && expected
-                .iter()
-                .zip(offered)
-                .fold(0u8, |difference, (a, b)| difference | (a ^ b))
-                == 0
+        same_secret(&self.secret, offered)
     }
+}
+
+/// Compares two secrets in constant time, so the time an answer takes says nothing about
+/// how much of a guess was right.
+pub fn same_secret(expected: &str, offered: &str) -> bool {
+    let (expected, offered) = (expected.as_bytes(), offered.as_bytes());
+    expected.len() == offered.len()
+        && expected
+            .iter()
+            .zip(offered)
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+            == 0
 }
 
 /// A new random secret: 128 bits, hex.

@@ -445,6 +445,84 @@ impl ServerCertVerifier for PinnedCa {
     }
 }
 
+/// The rustls settings for talking to a node waiting for setup: its throwaway certificate
+/// must have the SHA-256 `fingerprint` (advertised over mDNS), when one is given.
+pub fn setup_client_config(fingerprint: Option<[u8; 32]>) -> anyhow::Result<Arc<ClientConfig>> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("no TLS protocol version available")?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedLeaf {
+            fingerprint,
+            provider: provider(),
+        }))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accepts a server whose certificate has a given hash (any, without one); the handshake
+/// still proves the server holds that certificate's key.
+#[derive(Debug)]
+struct PinnedLeaf {
+    fingerprint: Option<[u8; 32]>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedLeaf {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.fingerprint {
+            Some(fingerprint) if cert_hash(end_entity) != fingerprint => {
+                Err(rustls::Error::General(
+                    "the node's setup certificate does not have the fingerprint given".into(),
+                ))
+            }
+            _ => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// Opens TLS connections for a tonic channel: tonic is given `http://` URIs and this does the
 /// TLS, so that the certificate it shows can change while the channel lives.
 #[derive(Clone)]

@@ -6,5 +6,6 @@
 //! (`$CAIRN_BIN`, else `target/debug/cairn`). Sites run one at a time (see [`site`]).
 
 mod renewal;
+mod setup;
 mod site;
 mod zero_config;
