@@ -318,6 +318,7 @@ pub fn incoming(
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let identity = ClientIdentity::of(stream.get_ref().1.peer_certificates());
+                        tracing::debug!(%remote, user = ?identity.common_name, member = identity.member, "TLS connection");
                         let _ = sender.send(Ok(TlsConnection { stream, identity })).await;
                     }
                     Ok(Err(error)) => {

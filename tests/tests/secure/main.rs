@@ -5,6 +5,7 @@
 //! Needs root and `ip` (`scripts/install-test-deps.sh`), `etcdctl`, and the `cairn` binary
 //! (`$CAIRN_BIN`, else `target/debug/cairn`). Sites run one at a time (see [`site`]).
 
+mod etcd_flags;
 mod renewal;
 mod setup;
 mod site;
