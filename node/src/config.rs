@@ -501,6 +501,14 @@ impl ServerArgs {
                 data_dir.display()
             );
         }
+        let https_peers = peer_urls.iter().any(|url| url.starts_with("https://"));
+        if https_peers
+            && peer
+                .as_ref()
+                .is_some_and(|tls| tls.trusted_ca_file.is_none())
+        {
+            bail!("https:// peer URLs need --peer-trusted-ca-file to verify the other members");
+        }
         if peer.is_none() && peer_addrs.iter().any(|(_, tls)| *tls) {
             bail!("https:// peer URLs need --peer-cert-file and --peer-key-file, or a cluster CA in the data dir (`cairn init`)");
         }
@@ -568,6 +576,34 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("no entry for this member"), "{error}");
+    }
+
+    #[test]
+    fn a_zero_config_member_refuses_plaintext_peers_and_remote_plaintext_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().display().to_string();
+        Pki::in_data_dir(dir.path())
+            .create(&crate::security::pki::Identity {
+                name: "a".into(),
+                hosts: vec!["127.0.0.1".into()],
+            })
+            .unwrap();
+        let error = resolve(&["--data-dir", &data_dir]).unwrap_err().to_string();
+        assert!(error.contains("must be https://"), "{error}");
+        let https_peers = [
+            "--data-dir",
+            &data_dir,
+            "--listen-peer-urls",
+            "https://127.0.0.1:2380",
+        ];
+        let config = resolve(&https_peers).unwrap();
+        assert!(config.tls.pki.is_some() && config.tls.peer.is_some());
+        let mut remote_plaintext = https_peers.to_vec();
+        remote_plaintext.extend(["--listen-client-urls", "http://0.0.0.0:2379"]);
+        let error = resolve(&remote_plaintext).unwrap_err().to_string();
+        assert!(error.contains("--insecure-plaintext-clients"), "{error}");
+        remote_plaintext.push("--insecure-plaintext-clients");
+        assert!(resolve(&remote_plaintext).is_ok());
     }
 
     #[test]

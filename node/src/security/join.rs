@@ -109,10 +109,16 @@ impl Join for JoinService {
         )
         .await;
         if let Err(status) = added {
-            // A node that joined before and lost the answer asks again.
+            // A node that was admitted but lost the answer asks again; it is still a
+            // learner, as it never ran. A voter with these URLs has a log to keep: it must be
+            // removed before a node with an empty data dir takes its place.
             let rejoining = crate::api::cluster::members(&self.node)
                 .iter()
-                .any(|listed| listed.id == member_id && listed.peer_ur_ls == member.peer_urls);
+                .any(|listed| {
+                    listed.id == member_id
+                        && listed.peer_ur_ls == member.peer_urls
+                        && listed.is_learner
+                });
             if !rejoining {
                 return Err(status);
             }

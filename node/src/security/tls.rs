@@ -583,3 +583,39 @@ pub fn plain_uri(url: &str) -> String {
         None => url.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request_from(identity: Option<ClientIdentity>) -> Request<()> {
+        let mut request = Request::new(());
+        if let Some(identity) = identity {
+            request.extensions_mut().insert(identity);
+        }
+        request
+    }
+
+    #[test]
+    fn only_member_certificates_reach_the_peer_service() {
+        let member = ClientIdentity {
+            common_name: Some("a".into()),
+            member: true,
+        };
+        let client = ClientIdentity {
+            common_name: Some("admin".into()),
+            member: false,
+        };
+        assert!(require_member(request_from(Some(member))).is_ok());
+        for refused in [request_from(Some(client)), request_from(None)] {
+            let status = require_member(refused).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        }
+    }
+
+    #[test]
+    fn https_urls_are_dialled_as_http_by_tonic() {
+        assert_eq!(plain_uri("https://10.0.0.1:2380"), "http://10.0.0.1:2380");
+        assert_eq!(plain_uri("http://10.0.0.1:2380"), "http://10.0.0.1:2380");
+    }
+}
