@@ -8,18 +8,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::api::SharedNode;
-use crate::security::{expiry, EXPIRY_WARNING};
+use crate::security::{expiry, unix_seconds, EXPIRY_WARNING};
 
 /// The longest request head read; `/health` needs no body.
 const MAX_REQUEST_BYTES: usize = 8192;
 
 /// How long a client may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn unix_seconds(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
-}
 
 /// Status errors for certificates that expire within [`EXPIRY_WARNING`] (renewal should have
 /// replaced them long before) or cannot be read.

@@ -11,6 +11,10 @@ use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
 /// The DNS-SD service type Cairn members advertise.
 pub const SERVICE_TYPE: &str = "_cairn._tcp.local.";
 
+/// How long browsing goes on once `enough` is satisfied, so that the other members answering
+/// the same query are seen too (a joining node then has more than one member to try).
+const SETTLE: Duration = Duration::from_secs(1);
+
 /// What a member says about itself over mDNS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Advertisement {
@@ -104,15 +108,15 @@ impl Drop for Advertiser {
     }
 }
 
-/// Listens for `wait` and returns every member seen, by member name and peer URLs.
-/// Blocking: call from a thread that may block.
+/// Listens for `wait`, or until [`SETTLE`] after `enough` first says so, and returns every
+/// node seen (by name and peer URLs). Blocking: call from a thread that may block.
 pub fn browse(
     wait: Duration,
     mut enough: impl FnMut(&Advertisement) -> bool,
 ) -> anyhow::Result<Vec<Advertisement>> {
     let daemon = ServiceDaemon::new().context("cannot start mDNS")?;
     let events = daemon.browse(SERVICE_TYPE).context("cannot browse mDNS")?;
-    let give_up = Instant::now() + wait;
+    let mut give_up = Instant::now() + wait;
     let mut seen = BTreeMap::new();
     while let Some(left) = give_up.checked_duration_since(Instant::now()) {
         match events.recv_timeout(left) {
@@ -124,7 +128,7 @@ pub fn browse(
                     advertisement,
                 );
                 if done {
-                    break;
+                    give_up = give_up.min(Instant::now() + SETTLE);
                 }
             }
             Ok(_) => {}

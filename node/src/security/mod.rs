@@ -17,6 +17,12 @@ use std::time::{Duration, SystemTime};
 /// How close to its expiry a certificate is reported as a problem (in Status's errors).
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// Seconds since the Unix epoch, as expiries are reported.
+pub fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
 /// When the certificate in `path` expires.
 pub fn expiry(path: &Path) -> anyhow::Result<SystemTime> {
     let pem = std::fs::read_to_string(path)

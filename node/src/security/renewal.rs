@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use super::pki::{validity, Pki};
 use super::tls::CertSlot;
+use super::unix_seconds;
 
 /// The longest pause between two looks at the certificate.
 const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
@@ -70,10 +71,4 @@ fn renew_if_due(pki: &Pki, slot: &CertSlot) -> anyhow::Result<()> {
         "renewed the member certificate"
     );
     Ok(())
-}
-
-/// Seconds since the epoch, for logs.
-pub fn unix_seconds(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
 }
