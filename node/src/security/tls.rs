@@ -614,6 +614,28 @@ mod tests {
     }
 
     #[test]
+    fn member_and_client_certificates_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = super::super::pki::Pki::in_data_dir(dir.path());
+        pki.create(&super::super::pki::Identity {
+            name: "a".into(),
+            hosts: vec!["127.0.0.1".into()],
+        })
+        .unwrap();
+        let identity = |path: &Path| {
+            let certs = read_certs(path).unwrap();
+            ClientIdentity::of(Some(&certs))
+        };
+        let member = identity(&pki.node_cert_path());
+        assert!(member.member);
+        assert_eq!(member.common_name.as_deref(), Some("a"));
+        let admin = identity(&pki.client_cert_paths("admin").0);
+        assert!(!admin.member);
+        assert_eq!(admin.common_name.as_deref(), Some("admin"));
+        assert!(!ClientIdentity::of(None).member);
+    }
+
+    #[test]
     fn https_urls_are_dialled_as_http_by_tonic() {
         assert_eq!(plain_uri("https://10.0.0.1:2380"), "http://10.0.0.1:2380");
         assert_eq!(plain_uri("http://10.0.0.1:2380"), "http://10.0.0.1:2380");

@@ -2,52 +2,10 @@
 //! serves a new certificate after two thirds of it, while the cluster keeps serving, and a
 //! member restarted afterwards rejoins over the renewed certificates.
 
-use std::io::Write;
-use std::net::TcpStream;
-use std::sync::Arc;
-use std::time::Duration;
-
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-
-use crate::site::{etcdctl, member_list, text, ClientFiles, Site};
+use crate::site::{etcdctl, member_list, text, tls_session, ClientFiles, Site};
 
 /// Lifetime of member certificates in this test: renewed after about 16 s.
 const VALIDITY_SECS: &str = "24";
-
-/// The serial number and the end of validity of the certificate a member serves.
-fn served_certificate(host_ip: &str, client: &ClientFiles) -> Option<(Vec<u8>, i64)> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&client.ca).ok()? {
-        roots.add(cert.ok()?).ok()?;
-    }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&client.cert)
-        .ok()?
-        .collect::<Result<_, _>>()
-        .ok()?;
-    let key = PrivateKeyDer::from_pem_file(&client.key).ok()?;
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .ok()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .ok()?;
-    let name = ServerName::try_from(host_ip.to_owned()).ok()?;
-    let mut connection = rustls::ClientConnection::new(Arc::new(config), name).ok()?;
-    let mut tcp = TcpStream::connect((host_ip, 2379)).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    while connection.is_handshaking() {
-        connection.complete_io(&mut tcp).ok()?;
-    }
-    let leaf = connection.peer_certificates()?.first()?.clone();
-    let _ = tcp.flush();
-    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).ok()?;
-    Some((
-        cert.raw_serial().to_vec(),
-        cert.validity().not_after.timestamp(),
-    ))
-}
 
 #[test]
 fn member_certificates_are_renewed_live_while_the_cluster_serves() {
@@ -73,7 +31,7 @@ fn member_certificates_are_renewed_live_while_the_cluster_serves() {
     let ips: Vec<String> = (0..3).map(|i| site.host(i).net.client_ip.clone()).collect();
     let first: Vec<(Vec<u8>, i64)> = ips
         .iter()
-        .map(|ip| served_certificate(ip, &admin).expect("a served certificate"))
+        .map(|ip| tls_session(ip, &admin.ca, Some(&admin)).expect("a TLS session"))
         .collect();
 
     // Writes through every member, one after another, until every member serves a new
@@ -96,7 +54,7 @@ fn member_certificates_are_renewed_live_while_the_cluster_serves() {
         writes += 1;
         let now: Vec<(Vec<u8>, i64)> = ips
             .iter()
-            .map(|ip| served_certificate(ip, &admin).expect("a served certificate"))
+            .map(|ip| tls_session(ip, &admin.ca, Some(&admin)).expect("a TLS session"))
             .collect();
         now.iter()
             .zip(&first)

@@ -5,13 +5,18 @@
 //! killed and the namespaces removed when the site is dropped.
 
 use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cairn_tests::cairn_bin;
 use cairn_tests::netns::{Host, Lab};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tempfile::TempDir;
 
 /// Raft timing of every member: short, to keep the tests quick.
@@ -322,4 +327,71 @@ pub fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// The HTTP/2 connection preface and an empty SETTINGS frame: what a gRPC client sends
+/// first, so that a server that accepted the session answers with its own SETTINGS.
+const HTTP2_PREFACE: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Opens TLS to the client port of the member at `ip`, trusting `ca` and showing `client`'s
+/// certificate if given, and checks the server then talks HTTP/2. Returns the serial number
+/// and the end of validity (Unix seconds) of the certificate it serves, or why the session
+/// failed: with TLS 1.3 a refused client certificate shows as an alert after the handshake.
+pub fn tls_session(
+    ip: &str,
+    ca: &Path,
+    client: Option<&ClientFiles>,
+) -> Result<(Vec<u8>, i64), String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| e.to_string())? {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some(files) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+                .map_err(|e| e.to_string())?
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| e.to_string())?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| e.to_string())?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = ServerName::try_from(ip.to_owned()).map_err(|e| e.to_string())?;
+    let mut connection =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    let mut tcp = TcpStream::connect((ip, 2379)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut stream = rustls::Stream::new(&mut connection, &mut tcp);
+    stream
+        .write_all(HTTP2_PREFACE)
+        .map_err(|e| format!("TLS session refused: {e}"))?;
+    let mut answer = [0u8; 9];
+    match stream.read(&mut answer) {
+        Ok(0) => return Err("the server closed the session".to_owned()),
+        Ok(_) => {}
+        Err(error) => return Err(format!("TLS session refused: {error}")),
+    }
+    let leaf = connection
+        .peer_certificates()
+        .and_then(<[_]>::first)
+        .ok_or("no server certificate")?
+        .clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).map_err(|e| e.to_string())?;
+    Ok((
+        cert.raw_serial().to_vec(),
+        cert.validity().not_after.timestamp(),
+    ))
 }

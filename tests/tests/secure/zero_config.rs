@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use crate::site::{etcdctl, member_list, text, ClientFiles, Site, DEADLINE};
+use crate::site::{etcdctl, member_list, text, tls_session, ClientFiles, Site, DEADLINE};
 
 #[test]
 fn init_and_token_joins_make_a_three_voter_mutual_tls_cluster() {
@@ -109,7 +109,16 @@ fn init_and_token_joins_make_a_three_voter_mutual_tls_cluster() {
         text(&got)
     );
 
-    // No certificate, a certificate of another CA, plaintext: all refused.
+    // The TLS session itself fails without a client certificate or with one of another
+    // CA; it works with the admin's.
+    let founder_ip = site.host(0).net.client_ip.clone();
+    assert!(tls_session(&founder_ip, &admin.ca, Some(&admin)).is_ok());
+    let refused = tls_session(&founder_ip, &admin.ca, None).unwrap_err();
+    assert!(refused.contains("refused"), "{refused}");
+    let refused = tls_session(&founder_ip, &admin.ca, Some(&stranger_admin)).unwrap_err();
+    assert!(refused.contains("refused"), "{refused}");
+
+    // No certificate, a certificate of another CA, plaintext: etcdctl fails.
     let no_cert = etcdctl(&founder, None, Some(&admin.ca), &["get", "greeting"]);
     assert!(
         !no_cert.status.success(),
