@@ -42,7 +42,7 @@ pub struct MemberArgs {
     #[arg(long)]
     pub advertise_address: Option<IpAddr>,
 
-    /// Address to listen on [default: every address].
+    /// Address to listen on (0.0.0.0: every address).
     #[arg(long, default_value = "0.0.0.0")]
     pub listen_address: IpAddr,
 }
