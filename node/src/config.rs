@@ -12,6 +12,8 @@ use clap::Args;
 
 use crate::api::Limits;
 use crate::raft::{Bootstrap, Member, MemberId, RaftSettings};
+use crate::security::pki::Pki;
+use crate::security::{ClientAuth, ListenerTls, TlsSettings};
 
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
@@ -102,6 +104,47 @@ pub struct ServerArgs {
     )]
     pub watch_progress_notify_interval: u64,
 
+    /// Path to the client server TLS certificate file (PEM).
+    #[arg(long, env = "CAIRN_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+
+    /// Path to the client server TLS key file (PEM).
+    #[arg(long, env = "CAIRN_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Path to the client server TLS trusted CA certificate file.
+    #[arg(long, env = "CAIRN_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Require client certificates of the trusted CA on TLS client listeners.
+    #[arg(long, env = "CAIRN_CLIENT_CERT_AUTH", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub client_cert_auth: bool,
+
+    /// Path to the peer server TLS certificate file (PEM).
+    #[arg(long, env = "CAIRN_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// Path to the peer server TLS key file (PEM).
+    #[arg(long, env = "CAIRN_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long, env = "CAIRN_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Require peer certificates of the peer trusted CA.
+    #[arg(long, env = "CAIRN_PEER_CLIENT_CERT_AUTH", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub peer_client_cert_auth: bool,
+
+    /// In a zero-config cluster (a CA in the data dir), serve plaintext `http://` client
+    /// URLs on addresses other than loopback; refused without this flag.
+    #[arg(long, env = "CAIRN_INSECURE_PLAINTEXT_CLIENTS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_plaintext_clients: bool,
+
+    /// URLs to serve `/health` on over plain HTTP (comma separated; none by default).
+    #[arg(long, env = "CAIRN_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
+
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "CAIRN_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -147,8 +190,13 @@ pub fn export_config_file(path: &std::path::Path) -> anyhow::Result<()> {
 pub struct ServerConfig {
     pub name: String,
     pub data_dir: PathBuf,
-    pub client_addrs: Vec<SocketAddr>,
-    pub peer_addrs: Vec<SocketAddr>,
+    /// Client listeners; `true` where the URL is `https://`.
+    pub client_addrs: Vec<(SocketAddr, bool)>,
+    /// Peer listeners; `true` where the URL is `https://`.
+    pub peer_addrs: Vec<(SocketAddr, bool)>,
+    pub tls: TlsSettings,
+    /// `--listen-metrics-urls`.
+    pub metrics_addrs: Vec<SocketAddr>,
     pub advertise_client_urls: Vec<String>,
     pub member_id: MemberId,
     pub cluster_id: u64,
@@ -171,26 +219,26 @@ fn split_urls(list: &str) -> Vec<String> {
         .collect()
 }
 
-/// The socket address of an `http://host:port` URL.
-fn listen_addr(url: &str) -> anyhow::Result<SocketAddr> {
+/// The socket address of an `http://host:port` or `https://host:port` URL, and whether it
+/// is `https`.
+fn listen_addr(url: &str) -> anyhow::Result<(SocketAddr, bool)> {
     let parsed = url::Url::parse(url).with_context(|| format!("invalid URL {url:?}"))?;
-    match parsed.scheme() {
-        "http" => {}
-        "https" => bail!(
-            "{url}: TLS listeners are not supported yet; use an http:// URL on a trusted network"
-        ),
-        other => bail!("{url}: unsupported scheme {other:?} (expected http)"),
-    }
+    let tls = match parsed.scheme() {
+        "http" => false,
+        "https" => true,
+        other => bail!("{url}: unsupported scheme {other:?} (expected http or https)"),
+    };
     let host = parsed
         .host_str()
         .with_context(|| format!("{url}: no host"))?;
     let port = parsed.port().with_context(|| format!("{url}: no port"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    (host, port)
+    let addr = (host, port)
         .to_socket_addrs()
         .with_context(|| format!("{url}: cannot resolve {host}"))?
         .next()
-        .with_context(|| format!("{url}: {host} has no address"))
+        .with_context(|| format!("{url}: {host} has no address"))?;
+    Ok((addr, tls))
 }
 
 /// FNV-1a: a stable hash so every member derives the same ids from the same flags.
@@ -216,7 +264,7 @@ pub fn member_id(peer_urls: &[String], token: &str) -> MemberId {
 
 /// The cluster's id, from the cluster token alone, so that a member started later with
 /// `--initial-cluster-state existing` derives the same id as the founders.
-fn cluster_id(token: &str) -> u64 {
+pub fn cluster_id(token: &str) -> u64 {
     fnv1a(&[b"cluster", token.as_bytes()])
 }
 
@@ -304,14 +352,25 @@ impl ServerArgs {
         if self.election_timeout < 5 * self.heartbeat_interval {
             bail!("--election-timeout must be at least 5 times --heartbeat-interval");
         }
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.cairn", self.name)));
+        let tls = self.tls_settings(&data_dir, &client_addrs, &peer_addrs, &peer_urls)?;
+        let mut metrics_addrs = Vec::new();
+        for url in split_urls(&self.listen_metrics_urls) {
+            match listen_addr(&url).context("bad --listen-metrics-urls")? {
+                (addr, false) => metrics_addrs.push(addr),
+                (_, true) => bail!("{url}: /health is served over http:// only"),
+            }
+        }
         Ok(ServerConfig {
             name: self.name.clone(),
-            data_dir: self
-                .data_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("{}.cairn", self.name))),
+            data_dir,
             client_addrs,
             peer_addrs,
+            tls,
+            metrics_addrs,
             advertise_client_urls: advertise_client_urls.clone(),
             member_id: member_id(&peer_urls, token),
             cluster_id: cluster_id(token),
@@ -348,6 +407,115 @@ impl ServerArgs {
     }
 }
 
+impl ServerArgs {
+    /// TLS from etcd's certificate flags, else from the data dir's PKI (a zero-config
+    /// cluster), checked against the listeners' schemes.
+    fn tls_settings(
+        &self,
+        data_dir: &std::path::Path,
+        client_addrs: &[(SocketAddr, bool)],
+        peer_addrs: &[(SocketAddr, bool)],
+        peer_urls: &[String],
+    ) -> anyhow::Result<TlsSettings> {
+        let pki = Pki::in_data_dir(data_dir);
+        let pki = pki.exists().then_some(pki);
+        let from_pki = |pki: &Pki, client_auth| ListenerTls {
+            cert_file: pki.node_cert_path(),
+            key_file: pki.node_key_path(),
+            chain_ca_file: Some(pki.ca_cert_path()),
+            trusted_ca_file: Some(pki.ca_cert_path()),
+            client_auth,
+        };
+        let client = match (&self.cert_file, &self.key_file, &pki) {
+            (Some(cert_file), Some(key_file), _) => Some(ListenerTls {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                chain_ca_file: None,
+                trusted_ca_file: self.trusted_ca_file.clone(),
+                client_auth: if self.client_cert_auth {
+                    ClientAuth::Required
+                } else if self.trusted_ca_file.is_some() {
+                    ClientAuth::Optional
+                } else {
+                    ClientAuth::None
+                },
+            }),
+            (Some(_), None, _) | (None, Some(_), _) => {
+                bail!("--cert-file and --key-file go together")
+            }
+            // A zero-config cluster's clients prove who they are with a certificate of
+            // the cluster CA (`cairn cert client NAME`).
+            (None, None, Some(pki)) => Some(from_pki(pki, ClientAuth::Required)),
+            (None, None, None) => None,
+        };
+        if client.is_none() && client_addrs.iter().any(|(_, tls)| *tls) {
+            bail!("https:// client URLs need --cert-file and --key-file, or a cluster CA in the data dir (`cairn init`)");
+        }
+        if self.client_cert_auth
+            && client
+                .as_ref()
+                .is_none_or(|tls| tls.trusted_ca_file.is_none())
+        {
+            bail!("--client-cert-auth needs --trusted-ca-file");
+        }
+        if pki.is_some() && !self.insecure_plaintext_clients {
+            if let Some((addr, _)) = client_addrs
+                .iter()
+                .find(|(addr, tls)| !tls && !addr.ip().is_loopback())
+            {
+                bail!("{addr}: this member belongs to a TLS cluster; serve clients on https:// URLs (or pass --insecure-plaintext-clients to serve plaintext beyond loopback)");
+            }
+        }
+        let peer = match (&self.peer_cert_file, &self.peer_key_file, &pki) {
+            (Some(cert_file), Some(key_file), _) => Some(ListenerTls {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                chain_ca_file: None,
+                trusted_ca_file: self.peer_trusted_ca_file.clone(),
+                client_auth: if self.peer_client_cert_auth {
+                    ClientAuth::Required
+                } else {
+                    ClientAuth::None
+                },
+            }),
+            (Some(_), None, _) | (None, Some(_), _) => {
+                bail!("--peer-cert-file and --peer-key-file go together")
+            }
+            // Optional at the handshake so that a joining node can reach the join service;
+            // the peer service itself requires a member certificate.
+            (None, None, Some(pki)) => Some(from_pki(pki, ClientAuth::Optional)),
+            (None, None, None) => None,
+        };
+        if self.peer_client_cert_auth
+            && peer
+                .as_ref()
+                .is_none_or(|tls| tls.trusted_ca_file.is_none())
+        {
+            bail!("--peer-client-cert-auth needs --peer-trusted-ca-file");
+        }
+        let peer_tls_everywhere = peer_addrs.iter().all(|(_, tls)| *tls)
+            && peer_urls.iter().all(|url| url.starts_with("https://"));
+        if pki.is_some() && !peer_tls_everywhere {
+            bail!(
+                "this member belongs to a TLS cluster (a CA in {}): its peer URLs must be https://",
+                data_dir.display()
+            );
+        }
+        let https_peers = peer_urls.iter().any(|url| url.starts_with("https://"));
+        if https_peers
+            && peer
+                .as_ref()
+                .is_some_and(|tls| tls.trusted_ca_file.is_none())
+        {
+            bail!("https:// peer URLs need --peer-trusted-ca-file to verify the other members");
+        }
+        if peer.is_none() && peer_addrs.iter().any(|(_, tls)| *tls) {
+            bail!("https:// peer URLs need --peer-cert-file and --peer-key-file, or a cluster CA in the data dir (`cairn init`)");
+        }
+        Ok(TlsSettings { client, peer, pki })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,7 +537,10 @@ mod tests {
     fn defaults_are_a_loopback_single_member() {
         let config = resolve(&[]).unwrap();
         assert_eq!(config.data_dir, PathBuf::from("default.cairn"));
-        assert_eq!(config.client_addrs, vec!["127.0.0.1:2379".parse().unwrap()]);
+        assert_eq!(
+            config.client_addrs,
+            vec![("127.0.0.1:2379".parse().unwrap(), false)]
+        );
         let Bootstrap::New(members) = &config.bootstrap else {
             panic!("a default member founds a new cluster");
         };
@@ -408,10 +579,38 @@ mod tests {
     }
 
     #[test]
-    fn https_urls_are_refused_until_tls_exists() {
+    fn a_zero_config_member_refuses_plaintext_peers_and_remote_plaintext_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().display().to_string();
+        Pki::in_data_dir(dir.path())
+            .create(&crate::security::pki::Identity {
+                name: "a".into(),
+                hosts: vec!["127.0.0.1".into()],
+            })
+            .unwrap();
+        let error = resolve(&["--data-dir", &data_dir]).unwrap_err().to_string();
+        assert!(error.contains("must be https://"), "{error}");
+        let https_peers = [
+            "--data-dir",
+            &data_dir,
+            "--listen-peer-urls",
+            "https://127.0.0.1:2380",
+        ];
+        let config = resolve(&https_peers).unwrap();
+        assert!(config.tls.pki.is_some() && config.tls.peer.is_some());
+        let mut remote_plaintext = https_peers.to_vec();
+        remote_plaintext.extend(["--listen-client-urls", "http://0.0.0.0:2379"]);
+        let error = resolve(&remote_plaintext).unwrap_err().to_string();
+        assert!(error.contains("--insecure-plaintext-clients"), "{error}");
+        remote_plaintext.push("--insecure-plaintext-clients");
+        assert!(resolve(&remote_plaintext).is_ok());
+    }
+
+    #[test]
+    fn https_urls_need_a_certificate() {
         let error = resolve(&["--listen-client-urls", "https://127.0.0.1:2379"])
             .unwrap_err()
             .to_string();
-        assert!(error.contains("TLS"), "{error}");
+        assert!(error.contains("--cert-file"), "{error}");
     }
 }

@@ -14,16 +14,27 @@
 //! - [`lease`]: the lessor: lease deadlines on the leader, expiry proposed through Raft.
 //! - [`watch`]: the watch hub: pushes each applied batch's events to synced watchers and
 //!   catches slow or replaying watchers up from the store's history.
+//! - [`security`]: the cluster CA, join tokens and admission, TLS with live certificate
+//!   renewal.
+//! - [`discovery`]: mDNS advertisement and browsing (`_cairn._tcp.local.`).
+//! - [`cli`]: the zero-config commands: `init`, `join`, `token`, `cert`, `discover`.
+//! - [`health`]: `GET /health` on `--listen-metrics-urls`, with certificate expiry.
 //! - [`config`]: etcd-named flags, environment variables and the config file.
+//! - [`setup`]: unconfigured nodes (`cairn serve --wait`): setup code, bootstrap or join on request.
 //! - [`server`]: starts a member and serves the client listeners until shut down.
 //! - [`bench`]: `cairn bench`, an etcd `benchmark`-style load generator for any etcd endpoint.
 
 pub mod api;
 pub mod bench;
+pub mod cli;
 pub mod config;
+pub mod discovery;
+pub mod health;
 pub mod lease;
 pub mod proto;
 pub mod raft;
+pub mod security;
 pub mod server;
+pub mod setup;
 pub mod store;
 pub mod watch;

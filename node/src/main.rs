@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use cairn::cli;
 use cairn::config::{export_config_file, ServerArgs};
 
 // glibc's malloc and free took about a fifth of the server's CPU in write profiles (small,
@@ -30,6 +31,25 @@ struct Cli {
 enum Command {
     /// Load-test etcd v3 endpoints (Cairn or etcd) in the style of etcd's `benchmark`.
     Bench(cairn::bench::BenchArgs),
+    /// Found a zero-config cluster: a CA, this member's and an admin's certificates, a
+    /// join token; then serve over TLS.
+    Init(cli::InitArgs),
+    /// Join a zero-config cluster with its token (a member found over mDNS or `--join`);
+    /// then serve over TLS.
+    Join(cli::JoinArgs),
+    /// Serve a set-up member; with `--wait`, wait for an unconfigured node's setup first.
+    Serve(cli::ServeArgs),
+    /// Show the setup code of a node waiting for setup (`cairn serve --wait`).
+    SetupCode(cli::SetupCodeArgs),
+    /// Bootstrap or join a node waiting for setup, with its setup code.
+    Setup(cli::SetupArgs),
+    /// Show (or `--rotate`) the join token.
+    Token(cli::TokenArgs),
+    /// Issue certificates from the cluster CA.
+    #[command(subcommand)]
+    Cert(cli::CertCommand),
+    /// List the Cairn members that announce themselves over mDNS on this network.
+    Discover(cli::DiscoverArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,22 +64,51 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Some(Command::Bench(args)) => runtime.block_on(cairn::bench::run(args)),
+        Some(Command::Init(args)) => {
+            set_up_logging(&cli.server.log_level);
+            let server = cli::init(&args)?;
+            serve(&runtime, &server)
+        }
+        Some(Command::Join(args)) => {
+            set_up_logging(&cli.server.log_level);
+            let server = runtime.block_on(cli::join(&args))?;
+            serve(&runtime, &server)
+        }
+        Some(Command::Serve(args)) => {
+            set_up_logging(&cli.server.log_level);
+            let server = runtime.block_on(cli::serve(&args))?;
+            serve(&runtime, &server)
+        }
+        Some(Command::SetupCode(args)) => cli::setup_code(&args),
+        Some(Command::Setup(args)) => runtime.block_on(cli::setup(&args)),
+        Some(Command::Token(args)) => runtime.block_on(cli::token(&args)),
+        Some(Command::Cert(cli::CertCommand::Client(args))) => cli::client_cert(&args),
+        Some(Command::Discover(args)) => cli::discover(&args),
         None => {
-            let config = cli.server.resolve()?;
-            tracing_subscriber::fmt()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                    EnvFilter::new(format!("{},openraft=warn", config.log_level))
-                }))
-                .init();
-            tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting cairn");
-            runtime.block_on(async {
-                let listeners = cairn::server::bind(&config).await?;
-                cairn::server::run(config, listeners, shutdown_signal()).await
-            })
+            set_up_logging(&cli.server.log_level);
+            serve(&runtime, &cli.server)
         }
     }
+}
+
+fn set_up_logging(level: &str) {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(format!("{level},openraft=warn"))),
+        )
+        .init();
+}
+
+fn serve(runtime: &tokio::runtime::Runtime, server: &ServerArgs) -> anyhow::Result<()> {
+    let config = server.resolve()?;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting cairn");
+    runtime.block_on(async {
+        let listeners = cairn::server::bind(&config).await?;
+        cairn::server::run(config, listeners, shutdown_signal()).await
+    })
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -15,6 +15,7 @@ use crate::api::{
 };
 use crate::config::ServerConfig;
 use crate::lease::Lessor;
+use crate::proto::cairnpb::join_server::JoinServer;
 use crate::proto::cairnpb::peer_server::PeerServer;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
@@ -23,6 +24,9 @@ use crate::proto::etcdserverpb::{
 use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::raft::{Forwarder, PeerService, Peers};
+use crate::security::join::JoinService;
+use crate::security::tls::{self, CertSlot};
+use crate::security::{ListenerTls, TlsSettings};
 use crate::watch::{HubLimits, WatchHub};
 
 /// etcd lets a gRPC message exceed `--max-request-bytes` by this much so the request itself,
@@ -41,29 +45,147 @@ fn no_delay(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// The sockets a member serves on.
+/// The certificates of the TLS listeners and of peer connections.
+struct Certificates {
+    client_server: Option<Arc<rustls::ServerConfig>>,
+    peer_server: Option<Arc<rustls::ServerConfig>>,
+    peer_client: Option<Arc<rustls::ClientConfig>>,
+    /// This member's certificate in a zero-config cluster, renewed in place.
+    member_slot: Option<Arc<CertSlot>>,
+}
+
+impl Certificates {
+    fn load(settings: &TlsSettings) -> anyhow::Result<Certificates> {
+        let mut slots: Vec<(ListenerTls, Arc<CertSlot>)> = Vec::new();
+        // Listeners using the same files share one slot, so one reload serves them all.
+        let mut slot_for = |listener: &ListenerTls| -> anyhow::Result<Arc<CertSlot>> {
+            let same_files = |other: &ListenerTls| {
+                other.cert_file == listener.cert_file
+                    && other.key_file == listener.key_file
+                    && other.chain_ca_file == listener.chain_ca_file
+            };
+            if let Some((_, slot)) = slots.iter().find(|(other, _)| same_files(other)) {
+                return Ok(slot.clone());
+            }
+            let slot = CertSlot::load(
+                &listener.cert_file,
+                &listener.key_file,
+                listener.chain_ca_file.as_deref(),
+            )?;
+            slots.push((listener.clone(), slot.clone()));
+            Ok(slot)
+        };
+        let mut certificates = Certificates {
+            client_server: None,
+            peer_server: None,
+            peer_client: None,
+            member_slot: None,
+        };
+        if let Some(client) = &settings.client {
+            certificates.client_server = Some(tls::server_config(
+                slot_for(client)?,
+                client.trusted_ca_file.as_deref(),
+                client.client_auth,
+            )?);
+        }
+        if let Some(peer) = &settings.peer {
+            let slot = slot_for(peer)?;
+            certificates.peer_server = Some(tls::server_config(
+                slot.clone(),
+                peer.trusted_ca_file.as_deref(),
+                peer.client_auth,
+            )?);
+            if let Some(ca_file) = &peer.trusted_ca_file {
+                certificates.peer_client = Some(tls::peer_client_config(slot.clone(), ca_file)?);
+            }
+            if settings.pki.is_some() {
+                certificates.member_slot = Some(slot);
+            }
+        }
+        Ok(certificates)
+    }
+}
+
+type Serving = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// Serves `router` on `listener` until `stop` turns true: over TLS with `tls`, else plaintext.
+fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Serving {
+    let stopped = async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    match tls {
+        Some(tls) => {
+            tokio::spawn(router.serve_with_incoming_shutdown(tls::incoming(listener, tls), stopped))
+        }
+        None => tokio::spawn(router.serve_with_incoming_shutdown(no_delay(listener), stopped)),
+    }
+}
+
+/// Advertises a member of a zero-config cluster over mDNS; `None` when there is nothing to
+/// advertise or mDNS is unavailable (which costs discovery, not service).
+fn advertise(config: &ServerConfig) -> Option<crate::discovery::Advertiser> {
+    config.tls.pki.as_ref()?;
+    let port = config.peer_addrs.first()?.0.port();
+    let advertisement = crate::discovery::Advertisement {
+        cluster_id: format!("{:x}", config.cluster_id),
+        name: config.name.clone(),
+        member_id: format!("{:x}", config.member_id),
+        state: "member".to_owned(),
+        client_urls: config.advertise_client_urls.clone(),
+        peer_urls: config.member.peer_urls.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        fingerprint: String::new(),
+    };
+    match crate::discovery::Advertiser::start(&advertisement, port) {
+        Ok(advertiser) => Some(advertiser),
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "not advertising over mDNS");
+            None
+        }
+    }
+}
+
+/// The sockets a member serves on, each with whether it serves TLS.
 pub struct Listeners {
-    pub clients: Vec<TcpListener>,
-    pub peers: Vec<TcpListener>,
+    pub clients: Vec<(TcpListener, bool)>,
+    pub peers: Vec<(TcpListener, bool)>,
+    /// `--listen-metrics-urls`: plain HTTP, `/health`.
+    pub metrics: Vec<TcpListener>,
 }
 
 /// Binds the client and peer listeners named in `config`.
 pub async fn bind(config: &ServerConfig) -> anyhow::Result<Listeners> {
     let mut clients = Vec::new();
-    for addr in &config.client_addrs {
+    for (addr, tls) in &config.client_addrs {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for clients on {addr}: {e}"))?;
-        clients.push(listener);
+        clients.push((listener, *tls));
     }
     let mut peers = Vec::new();
-    for addr in &config.peer_addrs {
+    for (addr, tls) in &config.peer_addrs {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for peers on {addr}: {e}"))?;
-        peers.push(listener);
+        peers.push((listener, *tls));
     }
-    Ok(Listeners { clients, peers })
+    let mut metrics = Vec::new();
+    for addr in &config.metrics_addrs {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for /health on {addr}: {e}"))?;
+        metrics.push(listener);
+    }
+    Ok(Listeners {
+        clients,
+        peers,
+        metrics,
+    })
 }
 
 /// Serves until `shutdown` completes, then stops Raft and makes the store durable.
@@ -72,7 +194,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let peers = Peers::default();
+    let certs = Certificates::load(&config.tls)?;
+    let peers = Peers::new(certs.peer_client.clone());
     let raft_node = crate::raft::start(
         &config.data_dir,
         config.member_id,
@@ -105,6 +228,7 @@ pub async fn run(
         lessor: lessor.clone(),
         read_index: ReadIndexBatcher::default(),
         leader_wait: config.raft.election_timeout * 3,
+        certificate_files: config.tls.certificate_files(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -148,31 +272,45 @@ pub async fn run(
         progress_interval: config.watch_progress_notify_interval,
         fragment_bytes: max_decoding,
     };
+    let renewal = match (&config.tls.pki, &certs.member_slot) {
+        (Some(pki), Some(slot)) => Some(tokio::spawn(crate::security::renewal::run(
+            pki.clone(),
+            slot.clone(),
+            stop_rx.clone(),
+        ))),
+        _ => None,
+    };
     let mut servers = Vec::new();
-    for listener in listeners.peers {
+    for (listener, tls) in listeners.peers {
         let addr = listener.local_addr()?;
-        let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(
-                PeerServer::new(PeerService::new(
-                    node.raft.clone(),
-                    node.proposer.clone(),
-                    lessor.clone(),
+        let peer_service = PeerServer::new(PeerService::new(
+            node.raft.clone(),
+            node.proposer.clone(),
+            lessor.clone(),
+        ))
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+        let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+        let router = match &config.tls.pki {
+            // A zero-config cluster: members only on the peer service, anyone with the
+            // token on the join service.
+            Some(pki) if tls => builder
+                .add_service(tonic::service::interceptor::InterceptedService::new(
+                    peer_service,
+                    crate::security::tls::require_member,
                 ))
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX),
-            );
-        let mut stop = stop_rx.clone();
-        servers.push(tokio::spawn(async move {
-            router
-                .serve_with_incoming_shutdown(no_delay(listener), async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                })
-                .await
-        }));
-        tracing::info!(%addr, "serving peer requests");
+                .add_service(JoinServer::new(JoinService::new(node.clone(), pki.clone()))),
+            _ => builder.add_service(peer_service),
+        };
+        servers.push(serve(
+            router,
+            listener,
+            certs.peer_server.clone().filter(|_| tls),
+            stop_rx.clone(),
+        ));
+        tracing::info!(%addr, tls, "serving peer requests");
     }
-    for listener in listeners.clients {
+    for (listener, tls) in listeners.clients {
         let addr = listener.local_addr()?;
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -218,17 +356,28 @@ pub async fn run(
                 ))
                 .max_decoding_message_size(max_decoding),
             );
-        let mut stop = stop_rx.clone();
-        servers.push(tokio::spawn(async move {
-            let incoming = no_delay(listener);
-            router
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                })
-                .await
-        }));
-        tracing::info!(%addr, "serving client requests");
+        servers.push(serve(
+            router,
+            listener,
+            certs.client_server.clone().filter(|_| tls),
+            stop_rx.clone(),
+        ));
+        tracing::info!(%addr, tls, "serving client requests");
     }
+    for listener in listeners.metrics {
+        let addr = listener.local_addr()?;
+        let health = tokio::spawn(crate::health::serve(
+            listener,
+            node.clone(),
+            stop_rx.clone(),
+        ));
+        servers.push(tokio::spawn(async move {
+            let _ = health.await;
+            Ok(())
+        }));
+        tracing::info!(%addr, "serving /health");
+    }
+    let advertiser = advertise(&config);
     tracing::info!(
         name = %config.name,
         member_id = %format!("{:x}", config.member_id),
@@ -255,6 +404,10 @@ pub async fn run(
     let _ = syncer.await;
     membership_upkeep.abort();
     lease_expiry.abort();
+    if let Some(renewal) = renewal {
+        renewal.abort();
+    }
+    drop(advertiser);
     let store = node.store.clone();
     tokio::task::spawn_blocking(move || store.sync()).await??;
     tracing::info!("stopped");

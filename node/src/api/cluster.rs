@@ -33,7 +33,7 @@ impl ClusterService {
 }
 
 /// The members as etcd lists them.
-fn members(node: &super::Node) -> Vec<Member> {
+pub(crate) fn members(node: &super::Node) -> Vec<Member> {
     let metrics = node.raft.metrics();
     let metrics = metrics.borrow();
     let membership = metrics.membership_config.membership();
@@ -51,7 +51,7 @@ fn members(node: &super::Node) -> Vec<Member> {
 }
 
 /// Runs a membership change on the leader, wherever that is.
-async fn change(node: &super::Node, change: MembershipChange) -> Result<(), Status> {
+pub(crate) async fn change(node: &super::Node, change: MembershipChange) -> Result<(), Status> {
     match node.route().await? {
         Route::Here => membership::apply_change(&node.raft, change).await,
         Route::Leader(leader) => {

@@ -107,7 +107,13 @@ impl Maintenance for MaintenanceService {
             raft_index: node.log.last_index(),
             raft_term,
             raft_applied_index,
-            errors: node.store.alarms().iter().map(describe_alarm).collect(),
+            errors: node
+                .store
+                .alarms()
+                .iter()
+                .map(describe_alarm)
+                .chain(crate::health::expiring_certificates(node))
+                .collect(),
             db_size_in_use: node.store.db_size_in_use(),
             is_learner,
         }))

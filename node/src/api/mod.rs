@@ -63,6 +63,8 @@ pub struct Node {
     pub lessor: crate::lease::Lessor,
     /// How long a request waits for a leader to be elected before it fails with "no leader".
     pub leader_wait: Duration,
+    /// The certificates this member serves, whose expiry Status and `/health` report.
+    pub certificate_files: Vec<std::path::PathBuf>,
 }
 
 /// Where a request that needs the leader goes.

@@ -367,7 +367,7 @@ async fn watch_delivers_every_put_to_every_watcher_of_a_real_member() {
     .resolve()
     .unwrap();
     let listeners = crate::server::bind(&config).await.unwrap();
-    let endpoint = listeners.clients[0].local_addr().unwrap().to_string();
+    let endpoint = listeners.clients[0].0.local_addr().unwrap().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let member = tokio::spawn(crate::server::run(config, listeners, async {
         let _ = stopped.await;

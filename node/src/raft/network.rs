@@ -33,11 +33,29 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Peers {
     // A std mutex: held only to look up or insert a channel.
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// For `https://` peers: mutual TLS with the cluster's CA. Its client certificate is
+    /// looked up at each handshake, so a renewed certificate needs no new channel.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Peers {
+    /// Peers reached over plaintext, or over TLS with `tls` for `https://` URLs.
+    pub fn new(tls: Option<Arc<rustls::ClientConfig>>) -> Peers {
+        Peers {
+            channels: Arc::default(),
+            tls,
+        }
+    }
+
     /// A client for `member`'s peer service, on its first peer URL.
     pub fn client(&self, member: &Member) -> Result<PeerClient<Channel>, String> {
+        Ok(PeerClient::new(self.channel(member)?)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX))
+    }
+
+    /// The channel to `member`'s first peer URL, for any service on the peer listener.
+    pub fn channel(&self, member: &Member) -> Result<Channel, String> {
         let url = member
             .peer_urls
             .first()
@@ -47,19 +65,24 @@ impl Peers {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(channel) = channels.get(url) {
-            return Ok(PeerClient::new(channel.clone()));
+            return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(url.clone())
+        let endpoint = Endpoint::from_shared(crate::security::tls::plain_uri(url))
             .map_err(|e| format!("bad peer URL {url:?}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let channel = if url.starts_with("https://") {
+            let tls = self.tls.clone().ok_or_else(|| {
+                format!("peer URL {url:?} needs TLS, and this member has no peer certificate")
+            })?;
+            endpoint.connect_with_connector_lazy(crate::security::tls::TlsConnector::new(tls))
+        } else {
+            endpoint.connect_lazy()
+        };
         channels.insert(url.clone(), channel.clone());
-        Ok(PeerClient::new(channel)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX))
+        Ok(channel)
     }
 }
 

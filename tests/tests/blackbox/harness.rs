@@ -10,10 +10,11 @@ use std::fmt::Debug;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub use cairn_tests::cairn_bin;
 use etcd_client::{Client, ConnectOptions, KeyValue, ResponseHeader};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
@@ -31,20 +32,6 @@ const LOG_TAIL_LINES: usize = 200;
 /// Attempts with fresh ports when another process took a port between our probe and the
 /// node's bind.
 const PORT_ATTEMPTS: usize = 3;
-
-/// The `cairn` binary under test: `$CAIRN_BIN`, else the workspace's debug build.
-pub fn cairn_bin() -> PathBuf {
-    let path = std::env::var_os("CAIRN_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/cairn"),
-        PathBuf::from,
-    );
-    assert!(
-        path.is_file(),
-        "cairn binary not found at {}: run `cargo build -p cairn` first (or set CAIRN_BIN)",
-        path.display()
-    );
-    path
-}
 
 /// How a node's settings reach the process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,18 +14,19 @@ use std::fs::{self, OpenOptions};
 use std::future::Future;
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use cairn_tests::cairn_bin;
 use etcd_client::{Client, ConnectOptions, GetOptions, MemberAddOptions};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::netns::Lab;
+use cairn_tests::netns::Lab;
 
 /// `--heartbeat-interval` of every member: short, to keep the tests quick.
 const HEARTBEAT: Duration = Duration::from_millis(50);
@@ -58,20 +59,6 @@ static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 /// Loopback clusters created by this process so far; part of their addresses.
 static LOOPBACK_CLUSTERS: AtomicU32 = AtomicU32::new(0);
-
-/// The `cairn` binary under test: `$CAIRN_BIN`, else the workspace's debug build.
-fn cairn_bin() -> PathBuf {
-    let path = std::env::var_os("CAIRN_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/cairn"),
-        PathBuf::from,
-    );
-    assert!(
-        path.is_file(),
-        "cairn binary not found at {}: run `cargo build -p cairn` first (or set CAIRN_BIN)",
-        path.display()
-    );
-    path
-}
 
 /// What cluster to start.
 pub struct ClusterSpec {

@@ -13,7 +13,6 @@ mod leadership;
 mod lease;
 mod lease_failover;
 mod membership;
-mod netns;
 mod partition;
 mod replication;
 mod snapshot;

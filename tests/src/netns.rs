@@ -1,5 +1,5 @@
-//! A small private network for a partition test: one network namespace per member, joined
-//! by two bridges in the test's own namespace.
+//! A small private network for a partition or zero-config test: one network namespace per
+//! member ("host"), joined by two bridges in the test's own namespace.
 //!
 //! Each member has two links. Its *peer* link (addresses `10.A.B.10+i`) joins the peer
 //! bridge, which has no address: only members talk over it. Its *client* link (addresses
