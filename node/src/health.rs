@@ -1,5 +1,5 @@
-//! etcd's `GET /health` over plain HTTP on `--listen-metrics-urls`, with the expiry of the
-//! certificates this member serves; and those expiries for Status.
+//! etcd's `GET /health` and `GET /metrics` over plain HTTP on `--listen-metrics-urls`, with
+//! the expiry of the certificates this member serves; and those expiries for Status.
 
 use std::time::{Duration, SystemTime};
 
@@ -106,7 +106,18 @@ async fn answer(mut stream: TcpStream, node: &crate::api::Node) -> std::io::Resu
     let request_line = String::from_utf8_lossy(&head);
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let mut content_type = "application/json";
     let (status, body) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET", "/metrics") => match crate::metrics::render(node) {
+            Ok(text) => {
+                content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+                ("200 OK", text)
+            }
+            Err(_) => (
+                "500 Internal Server Error",
+                "cannot encode the metrics\n".to_owned(),
+            ),
+        },
         ("GET", "/health") => {
             let document = health_document(node);
             let healthy = document["health"] == "true";
@@ -123,7 +134,7 @@ async fn answer(mut stream: TcpStream, node: &crate::api::Node) -> std::io::Resu
         _ => ("405 Method Not Allowed", "Method Not Allowed\n".to_owned()),
     };
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(response.as_bytes()).await?;

@@ -8,8 +8,9 @@
 //! - [`proto`]: the etcd v3 wire API (`etcdserverpb`, `mvccpb`, `authpb`) and Cairn's own
 //!   internal messages, generated from `node/proto/`.
 //! - [`api`]: one file per etcd gRPC service; thin adapters from protobuf to Raft and the store.
-//! - [`raft`]: openraft wiring: the type config, the redb log with group commit, the state
-//!   machine that applies committed entries to the store, the peer network.
+//! - [`raft`]: openraft wiring: the type config, the append-only log file with group commit,
+//!   the state machine that applies committed entries to the store, the peer network and
+//!   the forwarding of followers' writes.
 //! - [`store`]: the MVCC store on redb (revisions, history, compaction, alarms, leases).
 //! - [`lease`]: the lessor: lease deadlines on the leader, expiry proposed through Raft.
 //! - [`watch`]: the watch hub: pushes each applied batch's events to synced watchers and
@@ -18,7 +19,9 @@
 //!   renewal.
 //! - [`discovery`]: mDNS advertisement and browsing (`_cairn._tcp.local.`).
 //! - [`cli`]: the zero-config commands: `init`, `join`, `token`, `cert`, `discover`.
-//! - [`health`]: `GET /health` on `--listen-metrics-urls`, with certificate expiry.
+//! - [`health`]: `GET /health` and `GET /metrics` on `--listen-metrics-urls`, with
+//!   certificate expiry.
+//! - [`metrics`]: the Prometheus gauges `/metrics` serves (leader, sizes, follower lag).
 //! - [`config`]: etcd-named flags, environment variables and the config file.
 //! - [`setup`]: unconfigured nodes (`cairn serve --wait`): setup code, bootstrap or join on request.
 //! - [`server`]: starts a member and serves the client listeners until shut down.
@@ -31,6 +34,7 @@ pub mod config;
 pub mod discovery;
 pub mod health;
 pub mod lease;
+pub mod metrics;
 pub mod proto;
 pub mod raft;
 pub mod security;

@@ -5,6 +5,8 @@
 pub mod linearizability;
 pub mod netns;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
 /// The `cairn` binary under test: `$CAIRN_BIN`, else the workspace's debug build.
@@ -19,4 +21,18 @@ pub fn cairn_bin() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The whole HTTP/1.1 response (status line, headers, body) to `GET PATH` on a member's
+/// `--listen-metrics-urls` address.
+pub fn http_get(ip: &str, port: u16, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect((ip, port))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
 }

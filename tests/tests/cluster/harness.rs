@@ -50,6 +50,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The member ports; every member has addresses of its own.
 const CLIENT_PORT: u16 = 2379;
 const PEER_PORT: u16 = 2380;
+/// etcd's customary metrics port (`--listen-metrics-urls`), on the member's client address.
+const METRICS_PORT: u16 = 2381;
 
 /// How many lines of each member's log a failing test prints.
 const LOG_TAIL_LINES: usize = 80;
@@ -116,6 +118,8 @@ pub struct Member {
     index: u8,
     client_url: String,
     peer_url: String,
+    /// The address `/metrics` and `/health` are served on.
+    metrics_host: String,
     namespace: Option<String>,
     dir: TempDir,
     initial_cluster: String,
@@ -151,6 +155,21 @@ impl Member {
     }
 
     /// A client of this member alone.
+    /// The member's `GET /metrics` document.
+    pub async fn metrics(&self) -> Result<String, String> {
+        let host = self.metrics_host.clone();
+        let response = tokio::task::spawn_blocking(move || {
+            cairn_tests::http_get(&host, METRICS_PORT, "/metrics")
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("GET /metrics from {}: {e}", self.name))?;
+        match response.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+            _ => Err(format!("GET /metrics from {}: {response}", self.name)),
+        }
+    }
+
     pub async fn client(&self) -> Client {
         connect(&self.client_url, REQUEST_TIMEOUT).await
     }
@@ -261,6 +280,10 @@ impl Member {
             ("listen-peer-urls", &self.peer_url),
             ("initial-advertise-peer-urls", &self.peer_url),
             ("initial-cluster", &self.initial_cluster),
+            (
+                "listen-metrics-urls",
+                &format!("http://{}:{METRICS_PORT}", self.metrics_host),
+            ),
             ("initial-cluster-state", state),
             ("heartbeat-interval", &HEARTBEAT.as_millis().to_string()),
             (
@@ -567,6 +590,7 @@ impl Cluster {
             index,
             client_url: format!("http://{client_host}:{CLIENT_PORT}"),
             peer_url: format!("http://{peer_host}:{PEER_PORT}"),
+            metrics_host: client_host.to_string(),
             namespace,
             dir,
             initial_cluster: String::new(),

@@ -13,6 +13,7 @@ mod leadership;
 mod lease;
 mod lease_failover;
 mod membership;
+mod metrics;
 mod partition;
 mod replication;
 mod snapshot;

@@ -1,8 +1,7 @@
 //! `cairn init` on one host and `cairn join --token` on two others, with nothing else: a
 //! three-voter cluster over mutual TLS, found over mDNS; refused tokens and certificates.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use cairn_tests::http_get;
 
 use crate::site::{etcdctl, member_list, text, tls_session, ClientFiles, Site, DEADLINE};
 
@@ -22,7 +21,7 @@ fn init_and_token_joins_make_a_three_voter_mutual_tls_cluster() {
     });
 
     // `/health` reports the certificates' expiry.
-    let health = http_get(&site.host(0).net.client_ip, 2381, "/health");
+    let health = http_get(&site.host(0).net.client_ip, 2381, "/health").expect("GET /health");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(health.contains(r#""health":"true""#), "{health}");
     assert!(
@@ -166,19 +165,4 @@ fn init_and_token_joins_make_a_three_voter_mutual_tls_cluster() {
     assert!(!status.success(), "a rotated token must fail");
     assert!(log.contains("join refused"), "{log}");
     assert_eq!(member_list(&founder, &admin).map(|m| m.len()), Some(3));
-}
-
-/// The whole HTTP/1.1 response to `GET PATH`.
-fn http_get(ip: &str, port: u16, path: &str) -> String {
-    let mut stream = TcpStream::connect((ip, port)).expect("connect to the metrics URL");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("read the response");
-    response
 }
