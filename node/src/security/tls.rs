@@ -363,12 +363,17 @@ pub fn peer_client_config(
 /// shown contains the CA whose hash is in the token, and the server's certificate is valid
 /// under that CA for the address dialled.
 pub fn join_client_config(ca_hash: [u8; 32]) -> anyhow::Result<Arc<ClientConfig>> {
+    pinned_client_config(Accept::Ca(ca_hash))
+}
+
+/// Client settings (no client certificate) that trust the server `accept` names.
+fn pinned_client_config(accept: Accept) -> anyhow::Result<Arc<ClientConfig>> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("no TLS protocol version available")?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCa {
-            ca_hash,
+        .with_custom_certificate_verifier(Arc::new(Pinned {
+            accept,
             provider: provider(),
         }))
         .with_no_client_auth();
@@ -376,14 +381,26 @@ pub fn join_client_config(ca_hash: [u8; 32]) -> anyhow::Result<Arc<ClientConfig>
     Ok(Arc::new(config))
 }
 
-/// Verifies a server against the CA pinned by its hash (the join token's).
+/// What a pinned verifier accepts.
 #[derive(Debug)]
-struct PinnedCa {
-    ca_hash: [u8; 32],
+enum Accept {
+    /// A server certificate valid under the CA with this hash (the join token's), which the
+    /// server must show in its chain.
+    Ca([u8; 32]),
+    /// A server certificate with this hash (a setup node's, advertised over mDNS); any, with
+    /// none. The handshake still proves the server holds that certificate's key.
+    Leaf(Option<[u8; 32]>),
+}
+
+/// A server verifier for a node whose CA is not in any trust store yet. It checks signatures
+/// as rustls's own verifiers do; only which certificate it accepts differs.
+#[derive(Debug)]
+struct Pinned {
+    accept: Accept,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedCa {
+impl ServerCertVerifier for Pinned {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -392,23 +409,34 @@ impl ServerCertVerifier for PinnedCa {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|cert| cert_hash(cert) == self.ca_hash)
-            .ok_or_else(|| {
-                rustls::Error::General(
-                    "the member's certificate is not from the cluster CA named in the join token"
-                        .into(),
-                )
-            })?;
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(ca.clone().into_owned())
-            .map_err(|e| rustls::Error::General(format!("the cluster CA is unusable: {e}")))?;
-        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?
-            .verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+        match self.accept {
+            Accept::Ca(ca_hash) => {
+                let ca = intermediates
+                    .iter()
+                    .find(|cert| cert_hash(cert) == ca_hash)
+                    .ok_or_else(|| {
+                        rustls::Error::General(
+                            "the member's certificate is not from the cluster CA named in the \
+                             join token"
+                                .into(),
+                        )
+                    })?;
+                let mut roots = RootCertStore::empty();
+                roots.add(ca.clone().into_owned()).map_err(|e| {
+                    rustls::Error::General(format!("the cluster CA is unusable: {e}"))
+                })?;
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                    .build()
+                    .map_err(|e| rustls::Error::General(e.to_string()))?
+                    .verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+            }
+            Accept::Leaf(Some(fingerprint)) if cert_hash(end_entity) != fingerprint => {
+                Err(rustls::Error::General(
+                    "the node's setup certificate does not have the fingerprint given".into(),
+                ))
+            }
+            Accept::Leaf(_) => Ok(ServerCertVerified::assertion()),
+        }
     }
 
     fn verify_tls12_signature(
@@ -417,12 +445,8 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -431,12 +455,8 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -449,79 +469,7 @@ impl ServerCertVerifier for PinnedCa {
 /// The rustls settings for talking to a node waiting for setup: its throwaway certificate
 /// must have the SHA-256 `fingerprint` (advertised over mDNS), when one is given.
 pub fn setup_client_config(fingerprint: Option<[u8; 32]>) -> anyhow::Result<Arc<ClientConfig>> {
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .context("no TLS protocol version available")?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedLeaf {
-            fingerprint,
-            provider: provider(),
-        }))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// Accepts a server whose certificate has a given hash (any, without one); the handshake
-/// still proves the server holds that certificate's key.
-#[derive(Debug)]
-struct PinnedLeaf {
-    fingerprint: Option<[u8; 32]>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedLeaf {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.fingerprint {
-            Some(fingerprint) if cert_hash(end_entity) != fingerprint => {
-                Err(rustls::Error::General(
-                    "the node's setup certificate does not have the fingerprint given".into(),
-                ))
-            }
-            _ => Ok(ServerCertVerified::assertion()),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    pinned_client_config(Accept::Leaf(fingerprint))
 }
 
 /// Opens TLS connections for a tonic channel: tonic is given `http://` URIs and this does the
