@@ -144,7 +144,11 @@ export function App() {
         {summary && (
           <div className="view" key={summary.connectionId + connectedAt}>
             {view === "keys" && <KeysView connectedAt={connectedAt} onError={onError} />}
-            {view === "watch" && <WatchView onError={onError} />}
+            {/* Watches keep running while the user edits in the Keys view; they stop
+                with Stop, on disconnect or when the app closes. */}
+            <div className={view === "watch" ? "view-pane" : "view-pane hidden"}>
+              <WatchView onError={onError} />
+            </div>
             {view === "cluster" && <ClusterView onError={onError} />}
           </div>
         )}
