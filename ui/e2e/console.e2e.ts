@@ -17,6 +17,8 @@ function required(name: string): string {
 }
 
 const SCREENSHOTS = resolve(process.env.SCREENSHOT_DIR ?? fileURLToPath(new URL("../../docs/console", import.meta.url)));
+/** WebDriver's code for the Enter key. */
+const ENTER = "\uE007";
 const SEED_KEYS = Number(process.env.SEED_KEYS ?? 100_000);
 
 let node: Node;
@@ -137,6 +139,23 @@ describe("Cairn Console against a real cairn node", () => {
     await app.waitFor('[data-testid="value-json"]');
     await screenshot("keys-dark");
     await (await app.find('[data-testid="toggle-theme"]')).click();
+  });
+
+  it("decodes a Kubernetes protobuf value to readable fields", async () => {
+    await run(required("SEED_BIN"), [node.clientUrl, "kubernetes"]);
+    const search = await app.find('[data-testid="prefix-input"]');
+    await search.clear();
+    await search.type(`/registry/configmaps/prod/${ENTER}`);
+    const row = await app.waitFor('[data-key="/registry/configmaps/prod/app-settings"]');
+    await row.click();
+    const decoded = await app.waitFor('[data-testid="value-kubernetes"]');
+    const text = await decoded.text();
+    expect(text).toContain("kind: ConfigMap");
+    expect(text).toContain("name: app-settings");
+    expect(text).toContain("LOG_LEVEL: debug");
+    await screenshot("kubernetes-value");
+    await search.clear();
+    await search.type(ENTER);
   });
 
   it(`loads ${SEED_KEYS.toLocaleString("en")} keys and scrolls to the last one`, async () => {

@@ -77,6 +77,11 @@ export function KeysView({ connectedAt, onError }: Props) {
     void reload();
   }, [reload]);
 
+  // A search opens the directories down to the prefix, so its keys show at once.
+  useEffect(() => {
+    setExpanded((current) => new Set([...current, "/", ...ancestorsOf(prefix)]));
+  }, [prefix]);
+
   useEffect(() => {
     const onKey = (event: KeyboardEvent) => {
       const mod = event.ctrlKey || event.metaKey;
