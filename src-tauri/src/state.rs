@@ -88,10 +88,6 @@ impl StreamRegistry {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.running().len()
-    }
-
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<u64, JoinHandle<()>>> {
         self.running
             .lock()

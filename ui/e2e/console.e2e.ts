@@ -19,6 +19,9 @@ function required(name: string): string {
 const SCREENSHOTS = resolve(process.env.SCREENSHOT_DIR ?? fileURLToPath(new URL("../../docs/console", import.meta.url)));
 /** WebDriver's code for the Enter key. */
 const ENTER = "\uE007";
+const CTRL = "\uE009";
+/** Releases the modifier keys pressed so far in one send-keys call. */
+const RELEASE = "\uE000";
 const SEED_KEYS = Number(process.env.SEED_KEYS ?? 100_000);
 
 let node: Node;
@@ -28,6 +31,13 @@ let app: Session;
 async function screenshot(name: string): Promise<void> {
   mkdirSync(SCREENSHOTS, { recursive: true });
   writeFileSync(join(SCREENSHOTS, `${name}.png`), await app.screenshot());
+}
+
+/** Replaces a field's text the way a user does: select all, then type over it. */
+async function replaceText(css: string, text: string): Promise<void> {
+  const field = await app.waitFor(css);
+  await field.click();
+  await field.type(`${CTRL}a${RELEASE}${text}`);
 }
 
 async function view(name: "keys" | "watch" | "cluster"): Promise<void> {
@@ -60,9 +70,7 @@ describe("Cairn Console against a real cairn node", () => {
   it("connects to the node through a new saved connection", async () => {
     await app.waitFor('[data-testid="connection-form"]');
     await (await app.find('[data-testid="connection-name"]')).type("local cairn");
-    const endpoints = await app.find('[data-testid="connection-endpoints"]');
-    await endpoints.clear();
-    await endpoints.type(node.clientUrl);
+    await replaceText('[data-testid="connection-endpoints"]', node.clientUrl);
     await screenshot("connection");
     await (await app.find('[data-testid="save-and-connect"]')).click();
     const connected = await app.waitForText('[data-testid="connected"]', "local cairn");
@@ -71,9 +79,7 @@ describe("Cairn Console against a real cairn node", () => {
 
   it("watches a prefix that the edits below will change", async () => {
     await view("watch");
-    const key = await app.find('[data-testid="watch-key"]');
-    await key.clear();
-    await key.type("/e2e/");
+    await replaceText('[data-testid="watch-key"]', "/e2e/");
     await (await app.find('[data-testid="start-watch"]')).click();
     await app.waitForText('[data-testid="watch-status"]', "Watching /e2e/");
   });
@@ -94,9 +100,7 @@ describe("Cairn Console against a real cairn node", () => {
   it("edits the key with a compare on its mod revision", async () => {
     const before = Number(await (await app.find('[data-testid="mod-revision"]')).text());
     await (await app.find('[data-testid="edit-key"]')).click();
-    const editor = await app.waitFor('[data-testid="value-editor"]');
-    await editor.clear();
-    await editor.type('{"replicas": 3, "image": "nginx:1.27"}');
+    await replaceText('[data-testid="value-editor"]', '{"replicas": 3, "image": "nginx:1.27"}');
     await (await app.find('[data-testid="save-key"]')).click();
     await app.waitFor('[data-testid="mod-revision"]', 10_000, async (element) => Number(await element.text()) > before);
     expect(await (await app.waitFor('[data-testid="value-json"]')).text()).toContain('"replicas": 3');
@@ -143,9 +147,7 @@ describe("Cairn Console against a real cairn node", () => {
 
   it("decodes a Kubernetes protobuf value to readable fields", async () => {
     await run(required("SEED_BIN"), [node.clientUrl, "kubernetes"]);
-    const search = await app.find('[data-testid="prefix-input"]');
-    await search.clear();
-    await search.type(`/registry/configmaps/prod/${ENTER}`);
+    await replaceText('[data-testid="prefix-input"]', `/registry/configmaps/prod/${ENTER}`);
     const row = await app.waitFor('[data-key="/registry/configmaps/prod/app-settings"]');
     await row.click();
     const decoded = await app.waitFor('[data-testid="value-kubernetes"]');
@@ -154,8 +156,6 @@ describe("Cairn Console against a real cairn node", () => {
     expect(text).toContain("name: app-settings");
     expect(text).toContain("LOG_LEVEL: debug");
     await screenshot("kubernetes-value");
-    await search.clear();
-    await search.type(ENTER);
   });
 
   it(`loads ${SEED_KEYS.toLocaleString("en")} keys and scrolls to the last one`, async () => {

@@ -83,10 +83,6 @@ export class Element {
     await this.session.elementCommand("POST", this.id, "/click", {});
   }
 
-  async clear(): Promise<void> {
-    await this.session.elementCommand("POST", this.id, "/clear", {});
-  }
-
   async type(text: string): Promise<void> {
     await this.session.elementCommand("POST", this.id, "/value", { text });
   }

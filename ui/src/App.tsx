@@ -143,9 +143,12 @@ export function App() {
         )}
         {summary && (
           <div className="view" key={summary.connectionId + connectedAt}>
-            {view === "keys" && <KeysView connectedAt={connectedAt} onError={onError} />}
-            {/* Watches keep running while the user edits in the Keys view; they stop
-                with Stop, on disconnect or when the app closes. */}
+            {/* Keys and Watch stay mounted while hidden: the key list keeps its place and
+                watches keep running while the user edits keys; a watch stops with Stop,
+                on disconnect or when the app closes. */}
+            <div className={view === "keys" ? "view-pane" : "view-pane hidden"}>
+              <KeysView active={view === "keys"} connectedAt={connectedAt} onError={onError} />
+            </div>
             <div className={view === "watch" ? "view-pane" : "view-pane hidden"}>
               <WatchView onError={onError} />
             </div>

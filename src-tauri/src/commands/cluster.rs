@@ -345,8 +345,17 @@ mod tests {
             password: None,
             client,
         };
-        let sample = MemberClients::new(session).sample().await.unwrap();
-        assert_eq!(sample.health, Health::Healthy);
+        let mut members = MemberClients::new(session);
+        // A new member publishes its client URLs shortly after it starts.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let sample = loop {
+            let sample = members.sample().await.unwrap();
+            if sample.health == Health::Healthy || tokio::time::Instant::now() > deadline {
+                break sample;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(sample.health, Health::Healthy, "{sample:?}");
         assert_eq!(sample.members.len(), 1);
         let member = &sample.members[0];
         assert_eq!(member.role, Role::Leader);

@@ -22,8 +22,14 @@ interface Draft {
   keyFile: string;
 }
 
+/** A new connection's id: unique enough for one user's list (crypto.randomUUID needs a
+ * secure context, which the app's custom scheme is not on every platform). */
+function newConnectionId(): string {
+  return `c-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
+}
+
 const emptyDraft = (): Draft => ({
-  id: crypto.randomUUID(),
+  id: newConnectionId(),
   name: "",
   endpoints: "http://127.0.0.1:2379",
   username: "",

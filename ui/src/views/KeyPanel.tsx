@@ -7,12 +7,14 @@ import { ValueViewer } from "./ValueViewer";
 
 interface Props {
   keyName: string;
+  /** Whether the panel is shown: Ctrl+E only edits then. */
+  active: boolean;
   onError: (error: CommandError) => void;
   onDeleted: (key: string) => void;
 }
 
 /** One key: metadata, value views, edit with a compare on mod_revision, delete, history. */
-export function KeyPanel({ keyName, onError, onDeleted }: Props) {
+export function KeyPanel({ keyName, active, onError, onDeleted }: Props) {
   const [detail, setDetail] = useState<KeyDetail | null>(null);
   const [draft, setDraft] = useState<string | null>(null);
   const [history, setHistory] = useState<KeyVersion[] | null>(null);
@@ -36,7 +38,7 @@ export function KeyPanel({ keyName, onError, onDeleted }: Props) {
 
   useEffect(() => {
     const onKey = (event: KeyboardEvent) => {
-      if ((event.ctrlKey || event.metaKey) && event.key === "e" && detail && draft === null) {
+      if (active && (event.ctrlKey || event.metaKey) && event.key === "e" && detail && draft === null) {
         event.preventDefault();
         startEdit();
       }

@@ -20,12 +20,14 @@ interface LoadState {
 }
 
 interface Props {
+  /** Whether the view is shown: its keyboard shortcuts only work then. */
+  active: boolean;
   /** performance.now() when the user clicked Connect, for the load timings. */
   connectedAt: number;
   onError: (error: CommandError) => void;
 }
 
-export function KeysView({ connectedAt, onError }: Props) {
+export function KeysView({ active, connectedAt, onError }: Props) {
   const [prefix, setPrefix] = useState("");
   const [search, setSearch] = useState("");
   const [mode, setMode] = useState<"tree" | "flat">("tree");
@@ -83,6 +85,7 @@ export function KeysView({ connectedAt, onError }: Props) {
   }, [prefix]);
 
   useEffect(() => {
+    if (!active) return;
     const onKey = (event: KeyboardEvent) => {
       const mod = event.ctrlKey || event.metaKey;
       if (mod && event.key === "k") {
@@ -98,7 +101,7 @@ export function KeysView({ connectedAt, onError }: Props) {
     };
     window.addEventListener("keydown", onKey);
     return () => window.removeEventListener("keydown", onKey);
-  }, [reload]);
+  }, [reload, active]);
 
   const rows = useMemo(
     () => (mode === "tree" ? visibleRows(tree, expanded) : []),
@@ -264,6 +267,7 @@ export function KeysView({ connectedAt, onError }: Props) {
             <KeyPanel
               key={selected}
               keyName={selected}
+              active={active}
               onError={onError}
               onDeleted={(key) => {
                 tree.removeKey(key);
