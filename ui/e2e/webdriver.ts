@@ -1,7 +1,8 @@
 // A small W3C WebDriver client over fetch: enough to drive the app through tauri-driver
 // without a browser-automation framework.
 
-const ELEMENT = "element-6066-11e4-a5e6-4f46a4f9f3e5";
+// The W3C web element identifier: the key under which a found element's id comes back.
+const ELEMENT = "element-6066-11e4-a52e-4f735466cecf";
 
 export class WebDriverError extends Error {}
 
@@ -81,6 +82,10 @@ export class Element {
 
   async click(): Promise<void> {
     await this.session.elementCommand("POST", this.id, "/click", {});
+  }
+
+  async clear(): Promise<void> {
+    await this.session.elementCommand("POST", this.id, "/clear", {});
   }
 
   async type(text: string): Promise<void> {

@@ -1,3 +1,5 @@
+// Must stay the first import: see locale.ts.
+import "./locale";
 import { StrictMode } from "react";
 import { createRoot } from "react-dom/client";
 import "uplot/dist/uPlot.min.css";

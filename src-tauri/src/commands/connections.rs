@@ -121,7 +121,9 @@ mod tests {
             tls: None,
             username: None,
         };
-        let error = open(&unreachable, None).await.unwrap_err();
+        let Err(error) = open(&unreachable, None).await else {
+            panic!("connected to a port nobody listens on");
+        };
         assert_eq!(error.kind, ErrorKind::Unavailable, "{error:?}");
 
         let Some((node, _client)) = test_node::start().await else { return };

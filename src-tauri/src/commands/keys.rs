@@ -66,6 +66,8 @@ pub async fn list_page(
     let start = match after {
         // The smallest key greater than `after`.
         Some(after) => [after.as_bytes(), b"\0"].concat(),
+        // etcd rejects an empty key; "\0" is the smallest key there is.
+        None if prefix.is_empty() => vec![0],
         None => prefix.as_bytes().to_vec(),
     };
     let mut options = GetOptions::new()
@@ -294,6 +296,17 @@ mod tests {
         }
         let expected: Vec<String> = (0..25).map(|i| format!("/p/k{i:03}")).collect();
         assert_eq!(seen, expected);
+    }
+
+    #[tokio::test]
+    async fn empty_prefix_lists_every_key() {
+        let Some((_node, mut client)) = test_node::start().await else { return };
+        for key in ["/a", "b", "/c/d"] {
+            client.put(key, "v", None).await.unwrap();
+        }
+        let page = list_page(&mut client, "", None, 100, None).await.unwrap();
+        assert_eq!(page.keys, ["/a", "/c/d", "b"]);
+        assert!(!page.more);
     }
 
     #[tokio::test]
