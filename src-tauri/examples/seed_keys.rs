@@ -78,7 +78,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut client = Client::connect([endpoint], None).await?;
     if count == "kubernetes" {
         client
-            .put("/registry/configmaps/prod/app-settings", kubernetes_config_map(), None)
+            .put(
+                "/registry/configmaps/prod/app-settings",
+                kubernetes_config_map(),
+                None,
+            )
             .await?;
         println!("seeded a Kubernetes ConfigMap");
         return Ok(());
@@ -105,6 +109,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for writer in writers {
         writer.await??;
     }
-    println!("seeded {count} keys in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "seeded {count} keys in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -96,7 +96,9 @@ impl ConnectionStore {
         self.list()?
             .into_iter()
             .find(|saved| saved.id == id)
-            .ok_or_else(|| CommandError::new(ErrorKind::NotFound, "That connection no longer exists."))
+            .ok_or_else(|| {
+                CommandError::new(ErrorKind::NotFound, "That connection no longer exists.")
+            })
     }
 
     fn write(&self, connections: Vec<ConnectionProfile>) -> CommandResult<()> {
@@ -110,14 +112,13 @@ impl ConnectionStore {
             std::fs::write(&partial, json)?;
             std::fs::rename(&partial, &self.path)
         };
-        write().map_err(|error| {
-            storage_error("Could not save the connections.", &self.path, error)
-        })
+        write().map_err(|error| storage_error("Could not save the connections.", &self.path, error))
     }
 }
 
 fn storage_error(message: &str, path: &Path, error: impl std::fmt::Display) -> CommandError {
-    CommandError::new(ErrorKind::Storage, message).with_detail(format!("{}: {error}", path.display()))
+    CommandError::new(ErrorKind::Storage, message)
+        .with_detail(format!("{}: {error}", path.display()))
 }
 
 /// Passwords by connection id: the OS keychain when it answers, else this session's memory.
@@ -156,7 +157,8 @@ impl SecretStore {
                 }
             }
         }
-        self.sessions().insert(connection_id.to_owned(), password.to_owned());
+        self.sessions()
+            .insert(connection_id.to_owned(), password.to_owned());
         SecretStorage::SessionOnly
     }
 
@@ -245,7 +247,8 @@ pub fn connect_options(
     if let Some(tls) = &profile.tls {
         let mut tls_options = TlsOptions::new();
         if let Some(ca_file) = &tls.ca_file {
-            tls_options = tls_options.ca_certificate(Certificate::from_pem(read_pem(ca_file, "CA certificate")?));
+            tls_options = tls_options
+                .ca_certificate(Certificate::from_pem(read_pem(ca_file, "CA certificate")?));
         }
         if let (Some(cert_file), Some(key_file)) = (&tls.cert_file, &tls.key_file) {
             let cert = read_pem(cert_file, "client certificate")?;
@@ -327,18 +330,33 @@ mod tests {
     #[test]
     fn endpoints_must_be_http_or_https_urls() {
         assert!(validate(&profile(&["http://127.0.0.1:2379"])).is_ok());
-        assert_eq!(validate(&profile(&[])).unwrap_err().kind, ErrorKind::InvalidInput);
+        assert_eq!(
+            validate(&profile(&[])).unwrap_err().kind,
+            ErrorKind::InvalidInput
+        );
         let error = validate(&profile(&["127.0.0.1:2379"])).unwrap_err();
-        assert!(error.message.contains("127.0.0.1:2379"), "{}", error.message);
+        assert!(
+            error.message.contains("127.0.0.1:2379"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
     fn tls_profile_rejects_plain_http_endpoints_and_lone_client_certificate() {
         let mut tls = profile(&["http://10.0.0.1:2379"]);
-        tls.tls = Some(TlsFiles { ca_file: None, cert_file: None, key_file: None });
+        tls.tls = Some(TlsFiles {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+        });
         assert!(validate(&tls).unwrap_err().message.contains("https://"));
         tls.endpoints = vec!["https://10.0.0.1:2379".into()];
-        tls.tls = Some(TlsFiles { ca_file: None, cert_file: Some("c.pem".into()), key_file: None });
+        tls.tls = Some(TlsFiles {
+            ca_file: None,
+            cert_file: Some("c.pem".into()),
+            key_file: None,
+        });
         assert!(validate(&tls).unwrap_err().message.contains("key"));
     }
 
@@ -353,16 +371,28 @@ mod tests {
         std::fs::write(&key, b"not a pem").unwrap();
         let path = |p: &PathBuf| Some(p.display().to_string());
         let mut tls = profile(&["https://10.0.0.1:2379"]);
-        tls.tls = Some(TlsFiles { ca_file: path(&ca), cert_file: None, key_file: None });
+        tls.tls = Some(TlsFiles {
+            ca_file: path(&ca),
+            cert_file: None,
+            key_file: None,
+        });
         assert!(connect_options(&tls, None).is_ok());
 
-        tls.tls = Some(TlsFiles { ca_file: path(&ca), cert_file: path(&cert), key_file: path(&key) });
+        tls.tls = Some(TlsFiles {
+            ca_file: path(&ca),
+            cert_file: path(&cert),
+            key_file: path(&key),
+        });
         let error = connect_options(&tls, None).unwrap_err();
         assert_eq!(error.kind, ErrorKind::InvalidInput);
         assert!(error.message.contains("client key"), "{}", error.message);
 
         let missing = dir.path().join("missing.pem");
-        tls.tls = Some(TlsFiles { ca_file: path(&missing), cert_file: None, key_file: None });
+        tls.tls = Some(TlsFiles {
+            ca_file: path(&missing),
+            cert_file: None,
+            key_file: None,
+        });
         let error = connect_options(&tls, None).unwrap_err();
         assert!(error.message.contains("missing.pem"), "{}", error.message);
     }

@@ -125,7 +125,8 @@ mod tests {
 
     #[test]
     fn compacted_grpc_error_maps_to_compacted_kind_with_server_text_as_detail() {
-        let status = tonic::Status::out_of_range("etcdserver: mvcc: required revision has been compacted");
+        let status =
+            tonic::Status::out_of_range("etcdserver: mvcc: required revision has been compacted");
         let error = CommandError::from(etcd_client::Error::GRpcStatus(status));
         assert_eq!(error.kind, ErrorKind::Compacted);
         assert_eq!(
@@ -148,7 +149,13 @@ mod tests {
             ErrorKind::Server,
         ]
         .iter()
-        .map(|kind| serde_json::to_value(kind).unwrap().as_str().unwrap().to_owned())
+        .map(|kind| {
+            serde_json::to_value(kind)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
         assert_eq!(
             names,

@@ -36,8 +36,7 @@ pub fn with_commands<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R
 pub fn run() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     with_commands(tauri::Builder::default())
@@ -65,7 +64,11 @@ mod tests {
 
     use super::*;
 
-    fn invoke(webview: &tauri::WebviewWindow<tauri::test::MockRuntime>, cmd: &str, args: Value) -> Result<Value, Value> {
+    fn invoke(
+        webview: &tauri::WebviewWindow<tauri::test::MockRuntime>,
+        cmd: &str,
+        args: Value,
+    ) -> Result<Value, Value> {
         let request = InvokeRequest {
             cmd: cmd.into(),
             callback: CallbackFn(0),
@@ -80,7 +83,10 @@ mod tests {
 
     fn app(config_dir: &std::path::Path) -> tauri::App<tauri::test::MockRuntime> {
         with_commands(mock_builder())
-            .manage(AppState::new(ConnectionStore::new(config_dir), SecretStore::session_only()))
+            .manage(AppState::new(
+                ConnectionStore::new(config_dir),
+                SecretStore::session_only(),
+            ))
             .build(tauri::generate_context!())
             .unwrap()
     }
@@ -89,7 +95,9 @@ mod tests {
     fn key_command_before_connect_fails_with_the_not_connected_error_over_ipc() {
         let dir = tempfile::tempdir().unwrap();
         let app = app(dir.path());
-        let webview = WebviewWindowBuilder::new(&app, "main", Default::default()).build().unwrap();
+        let webview = WebviewWindowBuilder::new(&app, "main", Default::default())
+            .build()
+            .unwrap();
         let response = invoke(
             &webview,
             "list_keys",
@@ -105,17 +113,33 @@ mod tests {
     fn saved_connection_is_listed_and_its_password_reported_session_only_over_ipc() {
         let dir = tempfile::tempdir().unwrap();
         let app = app(dir.path());
-        let webview = WebviewWindowBuilder::new(&app, "main", Default::default()).build().unwrap();
+        let webview = WebviewWindowBuilder::new(&app, "main", Default::default())
+            .build()
+            .unwrap();
         let profile = json!({
             "id": "c1", "name": "local", "endpoints": ["http://127.0.0.1:2379"],
             "tls": null, "username": "root"
         });
-        let saved = invoke(&webview, "save_connection", json!({"draft": {"profile": profile, "password": "pw"}})).unwrap();
+        let saved = invoke(
+            &webview,
+            "save_connection",
+            json!({"draft": {"profile": profile, "password": "pw"}}),
+        )
+        .unwrap();
         assert_eq!(saved["secretStorage"], "session_only");
-        assert_eq!(invoke(&webview, "list_connections", json!({})).unwrap(), json!([profile]));
+        assert_eq!(
+            invoke(&webview, "list_connections", json!({})).unwrap(),
+            json!([profile])
+        );
 
-        let invalid = json!({"id": "c2", "name": "", "endpoints": [], "tls": null, "username": null});
-        let error = invoke(&webview, "save_connection", json!({"draft": {"profile": invalid, "password": null}})).unwrap_err();
+        let invalid =
+            json!({"id": "c2", "name": "", "endpoints": [], "tls": null, "username": null});
+        let error = invoke(
+            &webview,
+            "save_connection",
+            json!({"draft": {"profile": invalid, "password": null}}),
+        )
+        .unwrap_err();
         assert_eq!(error["kind"], "invalid_input");
     }
 }

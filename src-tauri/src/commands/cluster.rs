@@ -333,7 +333,9 @@ mod tests {
 
     #[tokio::test]
     async fn sample_of_a_single_node_shows_it_as_leader_with_no_lag() {
-        let Some((node, client)) = test_node::start().await else { return };
+        let Some((node, client)) = test_node::start().await else {
+            return;
+        };
         let session = Session {
             profile: ConnectionProfile {
                 id: "t".into(),

@@ -36,12 +36,18 @@ pub struct ClusterSummary {
 }
 
 /// Opens a client and proves the cluster answers with a Status call.
-pub async fn open(profile: &ConnectionProfile, password: Option<&str>) -> CommandResult<(Client, ClusterSummary)> {
+pub async fn open(
+    profile: &ConnectionProfile,
+    password: Option<&str>,
+) -> CommandResult<(Client, ClusterSummary)> {
     let options = connect_options(profile, password)?;
     let mut client = Client::connect(&profile.endpoints, Some(options)).await?;
     let status = client.status().await?;
     let header = status.header().ok_or_else(|| {
-        CommandError::new(ErrorKind::Server, "The cluster answered without a response header.")
+        CommandError::new(
+            ErrorKind::Server,
+            "The cluster answered without a response header.",
+        )
     })?;
     let summary = ClusterSummary {
         connection_id: profile.id.clone(),
@@ -60,7 +66,10 @@ pub fn list_connections(state: State<'_, AppState>) -> CommandResult<Vec<Connect
 }
 
 #[tauri::command]
-pub fn save_connection(state: State<'_, AppState>, draft: ConnectionDraft) -> CommandResult<SavedConnection> {
+pub fn save_connection(
+    state: State<'_, AppState>,
+    draft: ConnectionDraft,
+) -> CommandResult<SavedConnection> {
     validate(&draft.profile)?;
     state.connections.save(draft.profile.clone())?;
     let secret_storage = match draft.password.as_deref() {
@@ -126,7 +135,9 @@ mod tests {
         };
         assert_eq!(error.kind, ErrorKind::Unavailable, "{error:?}");
 
-        let Some((node, _client)) = test_node::start().await else { return };
+        let Some((node, _client)) = test_node::start().await else {
+            return;
+        };
         let reachable = ConnectionProfile {
             endpoints: vec![node.endpoint.clone()],
             ..unreachable

@@ -1,7 +1,9 @@
 //! Key browsing and editing: paging through the keyspace, reading one key with its
 //! metadata and history, and writes guarded by a compare on mod_revision.
 
-use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
+};
 use serde::Serialize;
 use tauri::State;
 
@@ -107,7 +109,10 @@ fn detail(kv: &etcd_client::KeyValue) -> KeyDetail {
 }
 
 fn key_not_found(key: &str) -> CommandError {
-    CommandError::new(ErrorKind::NotFound, format!("The key {key} does not exist (any more)."))
+    CommandError::new(
+        ErrorKind::NotFound,
+        format!("The key {key} does not exist (any more)."),
+    )
 }
 
 /// Writes `value` only if the key's mod_revision is still `expected_mod_revision` (0: the
@@ -119,10 +124,17 @@ pub async fn put(
     expected_mod_revision: i64,
 ) -> CommandResult<KeyDetail> {
     if key.is_empty() {
-        return Err(CommandError::new(ErrorKind::InvalidInput, "A key cannot be empty."));
+        return Err(CommandError::new(
+            ErrorKind::InvalidInput,
+            "A key cannot be empty.",
+        ));
     }
     let txn = Txn::new()
-        .when([Compare::mod_revision(key, CompareOp::Equal, expected_mod_revision)])
+        .when([Compare::mod_revision(
+            key,
+            CompareOp::Equal,
+            expected_mod_revision,
+        )])
         .and_then([TxnOp::put(key, value, None), TxnOp::get(key, None)])
         .or_else([TxnOp::get(key, None)]);
     let response = client.txn(txn).await?;
@@ -137,9 +149,17 @@ pub async fn put(
 }
 
 /// Deletes the key only if its mod_revision is still `expected_mod_revision`.
-pub async fn delete(client: &mut Client, key: &str, expected_mod_revision: i64) -> CommandResult<()> {
+pub async fn delete(
+    client: &mut Client,
+    key: &str,
+    expected_mod_revision: i64,
+) -> CommandResult<()> {
     let txn = Txn::new()
-        .when([Compare::mod_revision(key, CompareOp::Equal, expected_mod_revision)])
+        .when([Compare::mod_revision(
+            key,
+            CompareOp::Equal,
+            expected_mod_revision,
+        )])
         .and_then([TxnOp::delete(key, None)])
         .or_else([TxnOp::get(key, None)]);
     let response = client.txn(txn).await?;
@@ -184,7 +204,11 @@ pub async fn delete_prefix(client: &mut Client, prefix: &str) -> CommandResult<i
 
 /// The key's versions, newest first, walking back from its current version through
 /// reads at older revisions until its creation, a deletion or compaction.
-pub async fn history(client: &mut Client, key: &str, max_versions: usize) -> CommandResult<Vec<KeyVersion>> {
+pub async fn history(
+    client: &mut Client,
+    key: &str,
+    max_versions: usize,
+) -> CommandResult<Vec<KeyVersion>> {
     let mut versions = Vec::new();
     let mut at_revision = 0;
     while versions.len() < max_versions.max(1) {
@@ -192,10 +216,16 @@ pub async fn history(client: &mut Client, key: &str, max_versions: usize) -> Com
         let response = match client.get(key, Some(options)).await {
             Ok(response) => response,
             // Older versions were compacted away: the history ends here.
-            Err(etcd_client::Error::GRpcStatus(status)) if status.code() == tonic::Code::OutOfRange => break,
+            Err(etcd_client::Error::GRpcStatus(status))
+                if status.code() == tonic::Code::OutOfRange =>
+            {
+                break
+            }
             Err(error) => return Err(error.into()),
         };
-        let Some(kv) = response.kvs().first() else { break };
+        let Some(kv) = response.kvs().first() else {
+            break;
+        };
         versions.push(KeyVersion {
             mod_revision: kv.mod_revision(),
             version: kv.version(),
@@ -235,7 +265,13 @@ pub async fn put_key(
     expected_mod_revision: i64,
 ) -> CommandResult<KeyDetail> {
     let mut client = state.session().await?.client;
-    put(&mut client, &key, &decode_value(&value)?, expected_mod_revision).await
+    put(
+        &mut client,
+        &key,
+        &decode_value(&value)?,
+        expected_mod_revision,
+    )
+    .await
 }
 
 #[tauri::command]
@@ -249,13 +285,19 @@ pub async fn delete_key(
 }
 
 #[tauri::command]
-pub async fn delete_keys_with_prefix(state: State<'_, AppState>, prefix: String) -> CommandResult<i64> {
+pub async fn delete_keys_with_prefix(
+    state: State<'_, AppState>,
+    prefix: String,
+) -> CommandResult<i64> {
     let mut client = state.session().await?.client;
     delete_prefix(&mut client, &prefix).await
 }
 
 #[tauri::command]
-pub async fn key_history(state: State<'_, AppState>, key: String) -> CommandResult<Vec<KeyVersion>> {
+pub async fn key_history(
+    state: State<'_, AppState>,
+    key: String,
+) -> CommandResult<Vec<KeyVersion>> {
     let mut client = state.session().await?.client;
     history(&mut client, &key, 50).await
 }
@@ -275,7 +317,9 @@ mod tests {
 
     #[tokio::test]
     async fn pages_cover_every_key_under_the_prefix_exactly_once_in_order() {
-        let Some((_node, mut client)) = test_node::start().await else { return };
+        let Some((_node, mut client)) = test_node::start().await else {
+            return;
+        };
         for i in 0..25 {
             client.put(format!("/p/k{i:03}"), "v", None).await.unwrap();
         }
@@ -284,7 +328,9 @@ mod tests {
         let mut after = None;
         let mut revision = None;
         loop {
-            let page = list_page(&mut client, "/p/", after.as_deref(), 10, revision).await.unwrap();
+            let page = list_page(&mut client, "/p/", after.as_deref(), 10, revision)
+                .await
+                .unwrap();
             // A write between pages must not show: the pages read one snapshot.
             client.put("/p/k999-late", "v", None).await.unwrap();
             revision = Some(page.revision);
@@ -300,7 +346,9 @@ mod tests {
 
     #[tokio::test]
     async fn empty_prefix_lists_every_key() {
-        let Some((_node, mut client)) = test_node::start().await else { return };
+        let Some((_node, mut client)) = test_node::start().await else {
+            return;
+        };
         for key in ["/a", "b", "/c/d"] {
             client.put(key, "v", None).await.unwrap();
         }
@@ -311,28 +359,50 @@ mod tests {
 
     #[tokio::test]
     async fn edit_with_a_stale_mod_revision_is_a_conflict_and_writes_nothing() {
-        let Some((_node, mut client)) = test_node::start().await else { return };
+        let Some((_node, mut client)) = test_node::start().await else {
+            return;
+        };
         let created = put(&mut client, "/cfg", b"one", 0).await.unwrap();
         assert_eq!(created.version, 1);
         let again = put(&mut client, "/cfg", b"dup", 0).await.unwrap_err();
         assert_eq!(again.kind, ErrorKind::Conflict);
-        assert!(again.message.contains("already exists"), "{}", again.message);
+        assert!(
+            again.message.contains("already exists"),
+            "{}",
+            again.message
+        );
 
-        let edited = put(&mut client, "/cfg", b"two", created.mod_revision).await.unwrap();
+        let edited = put(&mut client, "/cfg", b"two", created.mod_revision)
+            .await
+            .unwrap();
         assert_eq!(edited.version, 2);
-        let stale = put(&mut client, "/cfg", b"three", created.mod_revision).await.unwrap_err();
+        let stale = put(&mut client, "/cfg", b"three", created.mod_revision)
+            .await
+            .unwrap_err();
         assert_eq!(stale.kind, ErrorKind::Conflict);
-        assert_eq!(get(&mut client, "/cfg").await.unwrap().value, encode_value(b"two"));
+        assert_eq!(
+            get(&mut client, "/cfg").await.unwrap().value,
+            encode_value(b"two")
+        );
 
-        let stale_delete = delete(&mut client, "/cfg", created.mod_revision).await.unwrap_err();
+        let stale_delete = delete(&mut client, "/cfg", created.mod_revision)
+            .await
+            .unwrap_err();
         assert_eq!(stale_delete.kind, ErrorKind::Conflict);
-        delete(&mut client, "/cfg", edited.mod_revision).await.unwrap();
-        assert_eq!(get(&mut client, "/cfg").await.unwrap_err().kind, ErrorKind::NotFound);
+        delete(&mut client, "/cfg", edited.mod_revision)
+            .await
+            .unwrap();
+        assert_eq!(
+            get(&mut client, "/cfg").await.unwrap_err().kind,
+            ErrorKind::NotFound
+        );
     }
 
     #[tokio::test]
     async fn history_lists_versions_newest_first_back_to_creation() {
-        let Some((_node, mut client)) = test_node::start().await else { return };
+        let Some((_node, mut client)) = test_node::start().await else {
+            return;
+        };
         client.put("/h", "v0-before-delete", None).await.unwrap();
         client.delete("/h", None).await.unwrap();
         for value in ["a", "b", "c"] {
@@ -342,17 +412,25 @@ mod tests {
         let versions = history(&mut client, "/h", 50).await.unwrap();
         let values: Vec<String> = versions.iter().map(|v| v.value.clone()).collect();
         assert_eq!(values, ["c", "b", "a"].map(|v| encode_value(v.as_bytes())));
-        assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), [3, 2, 1]);
+        assert_eq!(
+            versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+            [3, 2, 1]
+        );
         assert_eq!(history(&mut client, "/h", 2).await.unwrap().len(), 2);
     }
 
     #[tokio::test]
     async fn delete_prefix_refuses_the_empty_prefix_and_counts_deleted_keys() {
-        let Some((_node, mut client)) = test_node::start().await else { return };
+        let Some((_node, mut client)) = test_node::start().await else {
+            return;
+        };
         for key in ["/d/1", "/d/2", "/e"] {
             client.put(key, "v", None).await.unwrap();
         }
-        assert_eq!(delete_prefix(&mut client, "").await.unwrap_err().kind, ErrorKind::InvalidInput);
+        assert_eq!(
+            delete_prefix(&mut client, "").await.unwrap_err().kind,
+            ErrorKind::InvalidInput
+        );
         assert_eq!(delete_prefix(&mut client, "/d/").await.unwrap(), 2);
         assert!(get(&mut client, "/e").await.is_ok());
     }

@@ -26,9 +26,13 @@ pub struct WatchEvent {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum WatchMessage {
-    Events { events: Vec<WatchEvent> },
+    Events {
+        events: Vec<WatchEvent>,
+    },
     /// The watch ended; the UI shows the error and offers to restart it.
-    Failed { error: CommandError },
+    Failed {
+        error: CommandError,
+    },
 }
 
 /// Forwards events on `key` (a prefix if `prefix`) to `deliver` until the stream ends or
@@ -46,7 +50,9 @@ pub async fn forward_events(
     let mut stream = match client.watch(key, Some(options)).await {
         Ok(stream) => stream,
         Err(error) => {
-            deliver(WatchMessage::Failed { error: error.into() });
+            deliver(WatchMessage::Failed {
+                error: error.into(),
+            });
             return;
         }
     };
@@ -76,7 +82,9 @@ pub async fn forward_events(
             }
             Ok(None) => return,
             Err(error) => {
-                deliver(WatchMessage::Failed { error: error.into() });
+                deliver(WatchMessage::Failed {
+                    error: error.into(),
+                });
                 return;
             }
         }
@@ -93,7 +101,10 @@ pub async fn start_watch(
 ) -> CommandResult<u64> {
     let mut client = state.session().await?.client;
     let task = tokio::spawn(async move {
-        forward_events(&mut client, &key, prefix, |message| on_message.send(message).is_ok()).await;
+        forward_events(&mut client, &key, prefix, |message| {
+            on_message.send(message).is_ok()
+        })
+        .await;
     });
     Ok(state.streams().start(task))
 }
@@ -111,28 +122,43 @@ mod tests {
 
     #[tokio::test]
     async fn prefix_watch_delivers_puts_and_deletes_with_previous_values() {
-        let Some((_node, client)) = test_node::start().await else { return };
+        let Some((_node, client)) = test_node::start().await else {
+            return;
+        };
         let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
         let mut watch_client = client.clone();
         let watcher = tokio::spawn(async move {
-            forward_events(&mut watch_client, "/w/", true, |message| sender.send(message).is_ok()).await;
+            forward_events(&mut watch_client, "/w/", true, |message| {
+                sender.send(message).is_ok()
+            })
+            .await;
         });
         let mut writer = client;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         // The watch may start after a write, so write a marker until one shows up.
         loop {
             writer.put("/w/marker", "", None).await.unwrap();
-            let waited = tokio::time::timeout(std::time::Duration::from_millis(200), received.recv()).await;
+            let waited =
+                tokio::time::timeout(std::time::Duration::from_millis(200), received.recv()).await;
             if let Ok(Some(WatchMessage::Events { .. })) = waited {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "watch never delivered");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "watch never delivered"
+            );
         }
         while received.try_recv().is_ok() {}
         writer.put("/w/a", "1", None).await.unwrap();
         writer.put("/w/a", "2", None).await.unwrap();
         writer.put("/outside", "x", None).await.unwrap();
-        let delete_revision = writer.delete("/w/a", None).await.unwrap().header().unwrap().revision();
+        let delete_revision = writer
+            .delete("/w/a", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
         let mut events = Vec::new();
         while events.len() < 3 {
             match tokio::time::timeout_at(deadline, received.recv()).await {
@@ -145,9 +171,15 @@ mod tests {
         let last = events.last().unwrap();
         assert_eq!(last.kind, "delete");
         assert_eq!(last.revision, delete_revision);
-        assert_eq!(last.prev_value.as_deref(), Some(encode_value(b"2").as_str()));
+        assert_eq!(
+            last.prev_value.as_deref(),
+            Some(encode_value(b"2").as_str())
+        );
         assert!(events.iter().all(|event| event.key == "/w/a"));
-        assert_eq!(events[1].prev_value.as_deref(), Some(encode_value(b"1").as_str()));
+        assert_eq!(
+            events[1].prev_value.as_deref(),
+            Some(encode_value(b"1").as_str())
+        );
         watcher.abort();
     }
 }
