@@ -76,6 +76,9 @@ beforeAll(async () => {
     "tauri:options": { application: required("CONSOLE_BIN") },
   });
   await app.setWindowSize(1280, 800);
+  // Screenshots in the light theme whatever the machine prefers; one test switches to dark.
+  await app.waitFor('[data-testid="toggle-theme"]');
+  await app.execute('localStorage.setItem("theme", "light"); location.reload();');
 }, 120_000);
 
 afterAll(async () => {

@@ -14,7 +14,8 @@ const ROW_HEIGHT = 24;
 interface LoadState {
   loaded: number;
   complete: boolean;
-  /** Milliseconds from the connect click to the first rows and to the last page. */
+  /** Milliseconds to the first rows and to the last page, from the connect click for the
+   * first listing and from the start of the listing after that. */
   firstPageMs: number | null;
   allKeysMs: number | null;
 }
@@ -41,10 +42,15 @@ export function KeysView({ active, connectedAt, onError }: Props) {
   const [newValue, setNewValue] = useState("");
   const [confirmPrefix, setConfirmPrefix] = useState(false);
   const loadGeneration = useRef(0);
+  // The first listing is timed from the connect click; later ones (search, reload) from
+  // their own start.
+  const listedOnce = useRef(false);
   const searchBox = useRef<HTMLInputElement>(null);
 
   const reload = useCallback(async () => {
     const generation = ++loadGeneration.current;
+    const startedAt = listedOnce.current ? performance.now() : connectedAt;
+    listedOnce.current = true;
     const fresh = new KeyTree();
     setTree(fresh);
     setTreeVersion(fresh.version);
@@ -59,14 +65,14 @@ export function KeysView({ active, connectedAt, onError }: Props) {
         fresh.addKeys(page.keys);
         revision = page.revision;
         after = page.keys.length > 0 ? page.keys[page.keys.length - 1] : after;
-        firstPageMs ??= Math.round(performance.now() - connectedAt);
+        firstPageMs ??= Math.round(performance.now() - startedAt);
         const done = !page.more || page.keys.length === 0;
         setTreeVersion(fresh.version);
         setLoad({
           loaded: fresh.keys.length,
           complete: done,
           firstPageMs,
-          allKeysMs: done ? Math.round(performance.now() - connectedAt) : null,
+          allKeysMs: done ? Math.round(performance.now() - startedAt) : null,
         });
         if (done) return;
       }
@@ -232,9 +238,9 @@ export function KeysView({ active, connectedAt, onError }: Props) {
         data-first-page-ms={load.firstPageMs ?? ""}
         data-all-keys-ms={load.allKeysMs ?? ""}
       >
-        {load.loaded.toLocaleString()} keys{prefix && <> under <code>{prefix}</code></>}
+        {load.loaded.toLocaleString()} {load.loaded === 1 ? "key" : "keys"}{prefix && <> under <code>{prefix}</code></>}
         {load.complete ? "" : " · loading…"}
-        {load.allKeysMs !== null && ` · loaded in ${(load.allKeysMs / 1000).toFixed(2)} s from connect`}
+        {load.allKeysMs !== null && ` · loaded in ${(load.allKeysMs / 1000).toFixed(2)} s`}
       </div>
       <div className="split">
         <div className="key-list">
