@@ -152,7 +152,7 @@ export function App() {
             <div className={view === "watch" ? "view-pane" : "view-pane hidden"}>
               <WatchView onError={onError} />
             </div>
-            {view === "cluster" && <ClusterView onError={onError} />}
+            {view === "cluster" && <ClusterView theme={theme} onError={onError} />}
           </div>
         )}
       </main>

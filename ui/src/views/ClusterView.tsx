@@ -12,11 +12,13 @@ const HEALTH_TEXT = {
 };
 
 interface Props {
+  /** The chart is redrawn with the theme's colours when it changes. */
+  theme: string;
   onError: (error: CommandError) => void;
 }
 
 /** Members, their raft state and lag, sampled every second while the view is open. */
-export function ClusterView({ onError }: Props) {
+export function ClusterView({ theme, onError }: Props) {
   const [samples, setSamples] = useState<ClusterSample[]>([]);
   const chartBox = useRef<HTMLDivElement>(null);
   const chart = useRef<uPlot | null>(null);
@@ -46,18 +48,20 @@ export function ClusterView({ onError }: Props) {
     const box = chartBox.current;
     if (!box || samples.length === 0) return;
     const series = lagSeries(samples);
-    const signature = series.memberIds.join(",");
+    const signature = `${theme}:${series.memberIds.join(",")}`;
     if (!chart.current || chartMembers.current !== signature) {
       chart.current?.destroy();
       chartMembers.current = signature;
+      // uPlot draws on a canvas, which does not resolve CSS variables or currentColor.
+      const axisColour = getComputedStyle(document.documentElement).getPropertyValue("--muted").trim();
       chart.current = new uPlot(
         {
           width: Math.max(400, box.clientWidth),
           height: 220,
           scales: { y: { range: (_u, _min, max) => [0, Math.max(10, max)] } },
           axes: [
-            { stroke: "currentColor", grid: { stroke: "rgba(128,128,128,0.2)" } },
-            { stroke: "currentColor", grid: { stroke: "rgba(128,128,128,0.2)" }, label: "entries behind leader" },
+            { stroke: axisColour, grid: { stroke: "rgba(128,128,128,0.2)" } },
+            { stroke: axisColour, grid: { stroke: "rgba(128,128,128,0.2)" }, label: "entries behind leader" },
           ],
           series: [
             {},
@@ -75,7 +79,7 @@ export function ClusterView({ onError }: Props) {
     } else {
       chart.current.setData(series.columns);
     }
-  }, [samples]);
+  }, [samples, theme]);
 
   useEffect(() => () => chart.current?.destroy(), []);
 
