@@ -115,6 +115,10 @@ describe("Cairn Console against a real cairn node", () => {
     await app.waitForText('[data-testid="key-name"]', "/e2e/app/config");
     const value = await app.waitFor('[data-testid="value-json"]');
     expect(await value.text()).toContain('"replicas": 1');
+    // The count under the search box follows the new key without a reload.
+    await app.waitFor('[data-testid="load-status"]', 10_000, async (element) => {
+      return Number(await element.attribute("data-loaded")) === 1;
+    });
     await screenshot("keys");
   });
 

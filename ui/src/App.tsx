@@ -126,7 +126,7 @@ export function App() {
         <header className="topbar">
           {summary ? (
             <span data-testid="connected">
-              Connected to <strong>{activeName}</strong> · cluster <code>{summary.clusterId}</code> · API {summary.version} · revision {summary.revision}
+              Connected to <strong>{activeName}</strong> · cluster <code>{summary.clusterId}</code> · API {summary.version} · revision {summary.revision} when connected
             </span>
           ) : (
             <span className="muted">{connecting ? "Connecting…" : "Not connected. Choose or add a cluster on the left."}</span>

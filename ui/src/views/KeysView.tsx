@@ -136,6 +136,7 @@ export function KeysView({ active, connectedAt, onError }: Props) {
       if (created.key.startsWith(prefix) && !tree.has(created.key)) {
         tree.addKeys([created.key]);
         setTreeVersion(tree.version);
+        setLoad((current) => ({ ...current, loaded: tree.keys.length }));
       }
       setCreating(false);
       setNewKey("");
@@ -278,6 +279,7 @@ export function KeysView({ active, connectedAt, onError }: Props) {
               onDeleted={(key) => {
                 tree.removeKey(key);
                 setTreeVersion(tree.version);
+                setLoad((current) => ({ ...current, loaded: tree.keys.length }));
                 setSelected(null);
               }}
             />
