@@ -86,8 +86,13 @@ struct LogMemory {
 }
 
 enum WriteOp {
-    /// Encoded records, and whom to tell once they are durable.
-    Records { bytes: Vec<u8>, done: Done },
+    /// Encoded records, and whom to tell once they are durable. `purge`: the records purge
+    /// entries, leaving part of the file dead.
+    Records {
+        bytes: Vec<u8>,
+        done: Done,
+        purge: bool,
+    },
 }
 
 enum Done {
@@ -162,11 +167,19 @@ impl LogStore {
     }
 
     fn send(&self, bytes: Vec<u8>, done: Done) -> io::Result<()> {
+        self.send_op(WriteOp::Records {
+            bytes,
+            done,
+            purge: false,
+        })
+    }
+
+    fn send_op(&self, op: WriteOp) -> io::Result<()> {
         self.shared
             .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .send(WriteOp::Records { bytes, done })
+            .send(op)
             .map_err(|_| io::Error::other("the raft log writer has stopped"))
     }
 }
@@ -252,13 +265,16 @@ impl Writer {
             ops.extend(receiver.try_iter());
             let mut bytes = Vec::new();
             let mut waiting = Vec::with_capacity(ops.len());
+            let mut purged = false;
             for WriteOp::Records {
                 bytes: records,
                 done,
+                purge,
             } in ops
             {
                 bytes.extend_from_slice(&records);
                 waiting.push(done);
+                purged |= purge;
             }
             let result = self.write(&bytes).map_err(|e| e.to_string());
             if let Err(error) = &result {
@@ -274,8 +290,12 @@ impl Writer {
                     Done::Nobody => {}
                 }
             }
-            if let Err(error) = self.rewrite_if_mostly_dead() {
-                tracing::error!(%error, "rewriting the raft log failed; it keeps growing");
+            // Only a purge makes part of the file dead, so only then can a rewrite pay off;
+            // checking means encoding the whole live log, too much to do for every write.
+            if purged {
+                if let Err(error) = self.rewrite_if_mostly_dead() {
+                    tracing::error!(%error, "rewriting the raft log failed; it keeps growing");
+                }
             }
         }
     }
@@ -451,7 +471,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             memory.entries = memory.entries.split_off(&(log_id.index + 1));
             memory.last_purged = Some(log_id);
         }
-        self.send(bytes, Done::Nobody).map_err(write_error)
+        self.send_op(WriteOp::Records {
+            bytes,
+            done: Done::Nobody,
+            purge: true,
+        })
+        .map_err(write_error)
     }
 }
 
