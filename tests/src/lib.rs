@@ -1,9 +1,11 @@
 //! Shared test support. The black-box tests and their harness live in `tests/blackbox/`;
 //! [`linearizability`] checks the histories that the cluster fault tests record, [`netns`]
-//! builds the private networks of the partition and zero-config tests.
+//! builds the private networks of the partition and zero-config tests, [`watch_range`] the
+//! ranges the watch-guarantee tests watch.
 
 pub mod linearizability;
 pub mod netns;
+pub mod watch_range;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_tests::watch_range::Range;
 use etcd_client::{
     Client, CompactionOptions, DeleteOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
     WatchFilterType, WatchOptions, WatchResponse, WatchStream,
@@ -471,39 +472,6 @@ async fn write_randomly(mut c: Client, writer: u64, writes: usize) -> Vec<Commit
 
 /// What one watcher received, response by response.
 type Received = Arc<Mutex<Vec<Vec<Seen>>>>;
-
-/// The shapes of range the guarantee test watches.
-#[derive(Clone, Copy, Debug)]
-enum Range {
-    Key(&'static str),
-    Prefix(&'static str),
-    /// `[start, end)`.
-    Between(&'static str, &'static str),
-}
-
-impl Range {
-    fn key(self) -> &'static str {
-        match self {
-            Range::Key(key) | Range::Prefix(key) | Range::Between(key, _) => key,
-        }
-    }
-
-    fn options(self) -> WatchOptions {
-        match self {
-            Range::Key(_) => WatchOptions::new(),
-            Range::Prefix(_) => WatchOptions::new().with_prefix(),
-            Range::Between(_, end) => WatchOptions::new().with_range(end),
-        }
-    }
-
-    fn contains(self, key: &str) -> bool {
-        match self {
-            Range::Key(only) => key == only,
-            Range::Prefix(prefix) => key.starts_with(prefix),
-            Range::Between(start, end) => start <= key && key < end,
-        }
-    }
-}
 
 /// A watcher that reads into `received`; with `reconnect_after`, it drops its stream once
 /// it has that many events and watches again from the revision after the last one it saw.

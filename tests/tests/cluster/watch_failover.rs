@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_tests::watch_range::Range;
 use etcd_client::{
     Client, DeleteOptions, EventType, GetOptions, ResponseHeader, Txn, TxnOp, WatchOptions,
     WatchResponse,
@@ -145,39 +146,6 @@ async fn write_until_stopped(
         }
     }
     committed
-}
-
-/// The shapes of range the test watches.
-#[derive(Clone, Copy, Debug)]
-enum Range {
-    Key(&'static str),
-    Prefix(&'static str),
-    /// `[start, end)`.
-    Between(&'static str, &'static str),
-}
-
-impl Range {
-    fn key(self) -> &'static str {
-        match self {
-            Range::Key(key) | Range::Prefix(key) | Range::Between(key, _) => key,
-        }
-    }
-
-    fn options(self) -> WatchOptions {
-        match self {
-            Range::Key(_) => WatchOptions::new(),
-            Range::Prefix(_) => WatchOptions::new().with_prefix(),
-            Range::Between(_, end) => WatchOptions::new().with_range(end),
-        }
-    }
-
-    fn contains(self, key: &str) -> bool {
-        match self {
-            Range::Key(only) => key == only,
-            Range::Prefix(prefix) => key.starts_with(prefix),
-            Range::Between(start, end) => start <= key && key < end,
-        }
-    }
 }
 
 /// What one watcher received: its responses' events, and the members it watched on.
