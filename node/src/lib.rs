@@ -30,6 +30,7 @@
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod coalesce;
 pub mod config;
 pub mod discovery;
 pub mod health;

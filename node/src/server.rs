@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::watch::{WatchService, WatchSettings};
@@ -13,6 +14,7 @@ use crate::api::{
     cluster::ClusterService, election::ElectionService, kv::KvService, lease::LeaseService,
     lock::LockService, maintenance::MaintenanceService, read_index::ReadIndexBatcher, Node,
 };
+use crate::coalesce::Coalesced;
 use crate::config::ServerConfig;
 use crate::lease::Lessor;
 use crate::proto::cairnpb::join_server::JoinServer;
@@ -25,7 +27,7 @@ use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::raft::{Forwarder, PeerService, Peers};
 use crate::security::join::JoinService;
-use crate::security::tls::{self, CertSlot};
+use crate::security::tls::{self, CertSlot, ClientIdentity};
 use crate::security::{ListenerTls, TlsSettings};
 use crate::watch::{HubLimits, WatchHub};
 
@@ -114,15 +116,21 @@ fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    coalesce: bool,
 ) -> Serving {
     let stopped = async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
     match tls {
-        Some(tls) => {
-            tokio::spawn(router.serve_with_incoming_shutdown(tls::incoming(listener, tls), stopped))
+        Some(tls) => tokio::spawn(
+            router.serve_with_incoming_shutdown(tls::incoming(listener, tls, coalesce), stopped),
+        ),
+        None => {
+            let incoming = no_delay(listener).map(move |accepted| {
+                accepted.map(|tcp| Coalesced::new(tcp, ClientIdentity::default(), coalesce))
+            });
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
         }
-        None => tokio::spawn(router.serve_with_incoming_shutdown(no_delay(listener), stopped)),
     }
 }
 
@@ -307,6 +315,7 @@ pub async fn run(
             listener,
             certs.peer_server.clone().filter(|_| tls),
             stop_rx.clone(),
+            false,
         ));
         tracing::info!(%addr, tls, "serving peer requests");
     }
@@ -361,6 +370,7 @@ pub async fn run(
             listener,
             certs.client_server.clone().filter(|_| tls),
             stop_rx.clone(),
+            true,
         ));
         tracing::info!(%addr, tls, "serving client requests");
     }

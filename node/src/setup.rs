@@ -140,7 +140,7 @@ pub(crate) async fn wait_for_setup(layout: &Layout, listen: SocketAddr) -> anyho
     };
     tonic::transport::Server::builder()
         .add_service(SetupServer::new(service))
-        .serve_with_incoming_shutdown(tls::incoming(listener, config), async move {
+        .serve_with_incoming_shutdown(tls::incoming(listener, config, false), async move {
             let _ = done_rx.wait_for(|done| *done).await;
         })
         .await?;

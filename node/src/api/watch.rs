@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::SharedNode;
+use crate::coalesce::Connection;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{WatchRequest, WatchResponse};
@@ -75,6 +76,9 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        if let Some(connection) = request.extensions().get::<Connection>() {
+            connection.flush_at_once();
+        }
         let (sender, receiver) = mpsc::channel(SEND_BUFFER);
         let session = Session {
             node: self.node.clone(),
@@ -161,8 +165,14 @@ impl Session {
 
     /// Sends one response; false when the stream is over (client gone or member stopping).
     async fn send(&mut self, response: WatchResponse) -> bool {
+        // The common case, room in the channel, needs no wait and so no watch on shutdown.
+        let response = match self.sender.try_send(Ok(response)) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(response)) => response,
+        };
         tokio::select! {
-            sent = self.sender.send(Ok(response)) => sent.is_ok(),
+            sent = self.sender.send(response) => sent.is_ok(),
             _ = stopped(&mut self.stop) => {
                 let _ = self.sender.try_send(Err(super::errors::stopped()));
                 false

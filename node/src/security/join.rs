@@ -17,13 +17,13 @@ use tonic::{Request, Response, Status};
 use super::pki::{self, CertAndKey, Identity, JoinToken, Pki};
 use super::tls::{join_client_config, plain_uri, TlsConnector};
 use crate::api::SharedNode;
+use crate::coalesce::Connection;
 use crate::proto::cairnpb::join_client::JoinClient;
 use crate::proto::cairnpb::join_server::Join;
 use crate::proto::cairnpb::{
     JoinRequest, JoinResponse, JoinedMember, ShareTokenRequest, ShareTokenResponse,
 };
 use crate::raft::membership::MembershipChange;
-use crate::security::tls::ClientIdentity;
 
 /// What a member answers to a wrong secret. The same answer whatever was wrong with it.
 pub const REFUSED: &str =
@@ -153,8 +153,8 @@ impl Join for JoinService {
     ) -> Result<Response<ShareTokenResponse>, Status> {
         let from_member = request
             .extensions()
-            .get::<ClientIdentity>()
-            .is_some_and(|identity| identity.member);
+            .get::<Connection>()
+            .is_some_and(|connection| connection.identity.member);
         if !from_member {
             return Err(Status::permission_denied(
                 "cairn: only members may change the join token",

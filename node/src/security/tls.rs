@@ -23,13 +23,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 
 use super::pki::{cert_hash, MEMBER_ORGANISATION};
+use crate::coalesce::{Coalesced, Connection};
 
 /// How long a client may take to complete its TLS handshake before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -233,65 +232,17 @@ impl ClientIdentity {
     }
 }
 
-/// An accepted TLS connection, with the client's identity for the services.
-pub struct TlsConnection {
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
-    identity: ClientIdentity,
-}
+/// An accepted TLS connection; the client's identity reaches the services as part of its
+/// [`Connection`].
+pub type TlsConnection = Coalesced<tokio_rustls::server::TlsStream<TcpStream>>;
 
-impl Connected for TlsConnection {
-    type ConnectInfo = ClientIdentity;
-
-    fn connect_info(&self) -> ClientIdentity {
-        self.identity.clone()
-    }
-}
-
-impl AsyncRead for TlsConnection {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConnection {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-}
-
-/// The TLS connections accepted on `listener`, for `serve_with_incoming`. Each handshake
-/// runs on its own task, so a slow or silent client never holds up the others.
+/// The TLS connections accepted on `listener`, for `serve_with_incoming`, their writes
+/// coalesced or not (see [`crate::coalesce`]). Each handshake runs on its own task, so a slow
+/// or silent client never holds up the others.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
+    coalesce: bool,
 ) -> ReceiverStream<io::Result<TlsConnection>> {
     let (sender, receiver) = tokio::sync::mpsc::channel(ACCEPT_BACKLOG);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -319,7 +270,8 @@ pub fn incoming(
                     Ok(Ok(stream)) => {
                         let identity = ClientIdentity::of(stream.get_ref().1.peer_certificates());
                         tracing::debug!(%remote, user = ?identity.common_name, member = identity.member, "TLS connection");
-                        let _ = sender.send(Ok(TlsConnection { stream, identity })).await;
+                        let connection = Coalesced::new(stream, identity, coalesce);
+                        let _ = sender.send(Ok(connection)).await;
                     }
                     Ok(Err(error)) => {
                         tracing::debug!(%remote, %error, "TLS handshake failed");
@@ -336,8 +288,8 @@ pub fn incoming(
 /// service; the join service on the same listener is open to anyone with the token.
 #[allow(clippy::result_large_err)]
 pub fn require_member(request: Request<()>) -> Result<Request<()>, Status> {
-    match request.extensions().get::<ClientIdentity>() {
-        Some(identity) if identity.member => Ok(request),
+    match request.extensions().get::<Connection>() {
+        Some(connection) if connection.identity.member => Ok(request),
         _ => Err(Status::permission_denied(
             "cairn: peer requests need a member certificate of the cluster CA",
         )),
@@ -535,11 +487,13 @@ pub fn plain_uri(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::transport::server::Connected;
 
     fn request_from(identity: Option<ClientIdentity>) -> Request<()> {
         let mut request = Request::new(());
         if let Some(identity) = identity {
-            request.extensions_mut().insert(identity);
+            let connection = Coalesced::new(tokio::io::empty(), identity, true).connect_info();
+            request.extensions_mut().insert(connection);
         }
         request
     }

@@ -38,6 +38,7 @@ mod tests;
 mod unflushed;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::{Database, Durability, ReadableTable};
@@ -77,8 +78,9 @@ struct Inner {
     /// Serialises flushes, and holds the Raft metadata of the last durable one. Lock order:
     /// `writer`, then `flusher`, then `state`.
     flusher: Mutex<Option<Vec<u8>>>,
-    /// Refreshed at open, `sync` and `install_snapshot`: redb measures it by walking the
-    /// file's trees, which is too slow for every batch.
+    /// The state file's size, measured after every commit (the file changes only then), so
+    /// that the quota check of every write does not ask the file system.
+    file_size: AtomicI64,
     /// Told about every change to the lease table once it is published (see
     /// [`Store::observe_leases`]).
     lease_observer: OnceLock<LeaseObserver>,
@@ -144,11 +146,24 @@ impl Inner {
             meta.write(&mut txn.open_table(META)?)?;
         }
         txn.commit()?;
+        self.measure_file_size();
         self.state_mut().unflushed.forget(&set);
         if durable {
             *durable_meta = meta.raft;
         }
         Ok(())
+    }
+
+    fn measure_file_size(&self) {
+        let size = match std::fs::metadata(&self.path) {
+            Ok(metadata) => i64::try_from(metadata.len()).unwrap_or(i64::MAX),
+            Err(error) => {
+                let path = self.path.display();
+                tracing::warn!(%path, %error, "cannot read the state file's size");
+                0
+            }
+        };
+        self.file_size.store(size, Ordering::Relaxed);
     }
 }
 
@@ -189,7 +204,7 @@ impl Store {
             keys = state.index.len(),
             "opened MVCC store"
         );
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 db,
                 path: path.to_path_buf(),
@@ -198,8 +213,11 @@ impl Store {
                 flusher: Mutex::new(None),
                 lease_observer: OnceLock::new(),
                 sink: OnceLock::new(),
+                file_size: AtomicI64::new(0),
             }),
-        })
+        };
+        store.inner.measure_file_size();
+        Ok(store)
     }
 
     /// The blob last written by [`Store::apply_batch`] or [`Store::install_snapshot`].
@@ -356,14 +374,7 @@ impl Store {
 
     /// The size of the state file.
     pub fn db_size(&self) -> i64 {
-        match std::fs::metadata(&self.inner.path) {
-            Ok(metadata) => i64::try_from(metadata.len()).unwrap_or(i64::MAX),
-            Err(error) => {
-                let path = self.inner.path.display();
-                tracing::warn!(%path, %error, "cannot read the state file's size");
-                0
-            }
-        }
+        self.inner.file_size.load(Ordering::Relaxed)
     }
 
     /// Bytes of the state file in use. redb can only count its allocated pages by walking
@@ -477,6 +488,7 @@ impl Store {
         // Versions the published index names are gone once this commits.
         let mut published = self.inner.state_mut();
         txn.commit()?;
+        self.inner.measure_file_size();
         let lease_changes = published.leases.changes_to(&state.leases);
         let revision = state.revision;
         durable_meta.clone_from(&state.raft_meta);

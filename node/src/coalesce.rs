@@ -1,0 +1,247 @@
+//! Write coalescing for the server's connections.
+//!
+//! HTTP/2 writes each batch of frames to the socket as soon as the connection task runs, and
+//! tokio runs a task that another task just woke right after it. So when one applied Raft
+//! entry answers ten puts, or one publish readies ten watch streams of a connection, each of
+//! them wakes the connection task in turn and leaves in a system call (and a TCP segment, and
+//! a wake-up of the reader) of its own.
+//!
+//! [`Coalesced`] keeps what the connection writes in a buffer until it is flushed, and at the
+//! first flush of a buffer it yields once: every task that is already runnable gets its turn
+//! first, adds its frames, and the buffer then goes out in one write. The yield costs one
+//! extra poll of the connection task and no timer, so an idle connection answers as fast as
+//! before.
+//!
+//! The yield also puts a response behind whatever else the worker thread has queued. Where
+//! that costs more than the saved writes, the connection flushes at once instead: on the peer
+//! listener (one Raft call in flight per peer, nothing to gather), and on a client connection
+//! once it carries a watch stream, whose fan-out work would otherwise delay the answers to the
+//! writes that caused it.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::transport::server::Connected;
+
+use crate::security::tls::ClientIdentity;
+
+/// Above this many waiting bytes a write goes out at once, without waiting for the flush.
+const BUFFER_LIMIT: usize = 64 * 1024;
+
+/// What the services learn about the connection a request came on (a request extension).
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// Who the TLS client certificate says the peer is; the default for plain TCP.
+    pub identity: ClientIdentity,
+    flush_at_once: Arc<AtomicBool>,
+}
+
+impl Connection {
+    /// From now on the connection's writes leave at each flush, without waiting a round.
+    pub fn flush_at_once(&self) {
+        self.flush_at_once.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A connection whose writes wait for the flush (see the module documentation).
+pub struct Coalesced<T> {
+    inner: T,
+    connection: Connection,
+    buffer: Vec<u8>,
+    /// How much of `buffer` the socket has taken.
+    written: usize,
+    /// The current buffer has been held back for one round of the scheduler.
+    yielded: bool,
+}
+
+impl<T> Coalesced<T> {
+    /// `coalesce`: whether flushes wait a round at all (see the module documentation).
+    pub fn new(inner: T, identity: ClientIdentity, coalesce: bool) -> Self {
+        Coalesced {
+            inner,
+            connection: Connection {
+                identity,
+                flush_at_once: Arc::new(AtomicBool::new(!coalesce)),
+            },
+            buffer: Vec::new(),
+            written: 0,
+            yielded: false,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> Coalesced<T> {
+    /// Writes out the whole buffer.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.buffer.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buffer[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        self.buffer.clear();
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Makes room for `len` more bytes. `Ready(true)` when they should bypass the buffer: it
+    /// is empty and they alone exceed the limit.
+    fn poll_room(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<bool>> {
+        if self.buffer.len() + len > BUFFER_LIMIT {
+            ready!(self.poll_drain(cx))?;
+        }
+        Poll::Ready(Ok(len > BUFFER_LIMIT))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if ready!(this.poll_room(cx, buf.len()))? {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        this.buffer.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let len = bufs.iter().map(|buf| buf.len()).sum();
+        if ready!(this.poll_room(cx, len))? {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        }
+        for buf in bufs {
+            this.buffer.extend_from_slice(buf);
+        }
+        Poll::Ready(Ok(len))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.written < this.buffer.len() {
+            if !this.yielded && !this.connection.flush_at_once.load(Ordering::Relaxed) {
+                // A task that wakes itself goes to the back of its worker's queue, behind
+                // everything already runnable there.
+                this.yielded = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            ready!(this.poll_drain(cx))?;
+        }
+        this.yielded = false;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Coalesced<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T> Connected for Coalesced<T> {
+    type ConnectInfo = Connection;
+
+    fn connect_info(&self) -> Connection {
+        self.connection.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn writes_wait_for_the_flush_and_leave_together() {
+        let (client, mut server) = tokio::io::duplex(1 << 20);
+        let mut client = Coalesced::new(client, ClientIdentity::default(), true);
+        client.write_all(b"one ").await.unwrap();
+        let taken = client
+            .write_vectored(&[IoSlice::new(b"two "), IoSlice::new(b"three")])
+            .await
+            .unwrap();
+        assert_eq!(taken, 9, "a vectored write is taken whole");
+        let mut probe = [0u8; 16];
+        let early = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            server.read(&mut probe),
+        )
+        .await;
+        assert!(
+            early.is_err(),
+            "nothing may reach the peer before the flush"
+        );
+        client.flush().await.unwrap();
+        let mut got = vec![0u8; 13];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"one two three");
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_and_a_large_write_go_out_without_a_flush() {
+        let (client, mut server) = tokio::io::duplex(4 << 20);
+        let mut client = Coalesced::new(client, ClientIdentity::default(), true);
+        let small = vec![1u8; BUFFER_LIMIT - 10];
+        let large = vec![2u8; BUFFER_LIMIT + 1];
+        client.write_all(&small).await.unwrap();
+        client.write_all(&large).await.unwrap();
+        let mut got = vec![0u8; small.len() + large.len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..small.len()], &small[..]);
+        assert_eq!(&got[small.len()..], &large[..]);
+    }
+
+    #[tokio::test]
+    async fn a_connection_told_to_flush_at_once_does_not_wait_a_round() {
+        let (client, _server) = tokio::io::duplex(1 << 20);
+        let mut client = Coalesced::new(client, ClientIdentity::default(), true);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        client.write_all(b"x").await.unwrap();
+        assert!(Pin::new(&mut client).poll_flush(&mut cx).is_pending());
+        assert!(Pin::new(&mut client).poll_flush(&mut cx).is_ready());
+
+        client.connect_info().flush_at_once();
+        client.write_all(b"y").await.unwrap();
+        assert!(Pin::new(&mut client).poll_flush(&mut cx).is_ready());
+    }
+
+    #[tokio::test]
+    async fn shutdown_delivers_what_waits() {
+        let (client, mut server) = tokio::io::duplex(1 << 20);
+        let mut client = Coalesced::new(client, ClientIdentity::default(), true);
+        client.write_all(b"last words").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
+    }
+}
