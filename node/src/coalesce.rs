@@ -6,11 +6,13 @@
 //! them wakes the connection task in turn and leaves in a system call (and a TCP segment, and
 //! a wake-up of the reader) of its own.
 //!
-//! [`Coalesced`] keeps what the connection writes in a buffer until it is flushed, and at the
-//! first flush of a buffer it yields once: every task that is already runnable gets its turn
-//! first, adds its frames, and the buffer then goes out in one write. The yield costs one
-//! extra poll of the connection task and no timer, so an idle connection answers as fast as
-//! before.
+//! [`Coalesced`] keeps what the connection writes in a buffer until it is flushed. At the
+//! first flush of a buffer, if other requests of the connection are still being answered, it
+//! yields once: every task that is already runnable gets its turn first, adds its frames, and
+//! the buffer then goes out in one write. The yield costs one extra poll of the connection
+//! task and no timer; a connection with nothing else in flight (a lone client) flushes at once
+//! and answers as fast as without it. [`CountRequests`] is the layer that counts the requests
+//! in flight.
 //!
 //! The yield also puts a response behind whatever else the worker thread has queued. Where
 //! that costs more than the saved writes, the connection flushes at once instead: on the peer
@@ -20,9 +22,11 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+
+use futures::future::BoxFuture;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
@@ -37,13 +41,82 @@ const BUFFER_LIMIT: usize = 64 * 1024;
 pub struct Connection {
     /// Who the TLS client certificate says the peer is; the default for plain TCP.
     pub identity: ClientIdentity,
-    flush_at_once: Arc<AtomicBool>,
+    flow: Arc<Flow>,
+}
+
+/// What decides whether a flush waits a round.
+#[derive(Debug)]
+struct Flow {
+    flush_at_once: AtomicBool,
+    /// Requests whose answer is not ready yet (see [`CountRequests`]).
+    in_flight: AtomicUsize,
 }
 
 impl Connection {
     /// From now on the connection's writes leave at each flush, without waiting a round.
     pub fn flush_at_once(&self) {
-        self.flush_at_once.store(true, Ordering::Relaxed);
+        self.flow.flush_at_once.store(true, Ordering::Relaxed);
+    }
+
+    /// Counts a request as in flight until the returned guard is dropped.
+    fn start_request(&self) -> InFlight {
+        self.flow.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.flow.clone())
+    }
+}
+
+/// One request in flight on a connection.
+struct InFlight(Arc<Flow>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The tower layer that counts each connection's requests in flight, from the call until
+/// the service's answer is ready, for [`Coalesced`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CountRequests;
+
+impl<S> tower_layer::Layer<S> for CountRequests {
+    type Service = Counted<S>;
+
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted { inner }
+    }
+}
+
+/// A service whose requests [`CountRequests`] counts.
+#[derive(Debug, Clone)]
+pub struct Counted<S> {
+    inner: S,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for Counted<S>
+where
+    S: tower_service::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let in_flight = request
+            .extensions()
+            .get::<Connection>()
+            .map(Connection::start_request);
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answer = answer.await;
+            drop(in_flight);
+            answer
+        })
     }
 }
 
@@ -65,7 +138,10 @@ impl<T> Coalesced<T> {
             inner,
             connection: Connection {
                 identity,
-                flush_at_once: Arc::new(AtomicBool::new(!coalesce)),
+                flow: Arc::new(Flow {
+                    flush_at_once: AtomicBool::new(!coalesce),
+                    in_flight: AtomicUsize::new(0),
+                }),
             },
             buffer: Vec::new(),
             written: 0,
@@ -136,7 +212,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.written < this.buffer.len() {
-            if !this.yielded && !this.connection.flush_at_once.load(Ordering::Relaxed) {
+            let flow = &this.connection.flow;
+            let others_pending = !flow.flush_at_once.load(Ordering::Relaxed)
+                && flow.in_flight.load(Ordering::Relaxed) > 0;
+            if !this.yielded && others_pending {
                 // A task that wakes itself goes to the back of its worker's queue, behind
                 // everything already runnable there.
                 this.yielded = true;
@@ -220,18 +299,67 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_told_to_flush_at_once_does_not_wait_a_round() {
+    async fn a_flush_waits_a_round_only_while_other_requests_are_in_flight() {
         let (client, _server) = tokio::io::duplex(1 << 20);
         let mut client = Coalesced::new(client, ClientIdentity::default(), true);
+        let connection = client.connect_info();
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        client.write_all(b"x").await.unwrap();
+
+        client.write_all(b"a").await.unwrap();
+        assert!(
+            Pin::new(&mut client).poll_flush(&mut cx).is_ready(),
+            "nothing else in flight: the flush goes out at once"
+        );
+
+        let other = connection.start_request();
+        client.write_all(b"b").await.unwrap();
         assert!(Pin::new(&mut client).poll_flush(&mut cx).is_pending());
         assert!(Pin::new(&mut client).poll_flush(&mut cx).is_ready());
 
-        client.connect_info().flush_at_once();
-        client.write_all(b"y").await.unwrap();
-        assert!(Pin::new(&mut client).poll_flush(&mut cx).is_ready());
+        connection.flush_at_once();
+        client.write_all(b"c").await.unwrap();
+        assert!(
+            Pin::new(&mut client).poll_flush(&mut cx).is_ready(),
+            "told to flush at once"
+        );
+        drop(other);
+    }
+
+    /// A service whose answer is ready when the test says so.
+    struct Answer(Option<tokio::sync::oneshot::Receiver<()>>);
+
+    impl tower_service::Service<http::Request<()>> for Answer {
+        type Response = ();
+        type Error = ();
+        type Future = BoxFuture<'static, Result<(), ()>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let ready = self.0.take().expect("one call");
+            Box::pin(async move { ready.await.map_err(drop) })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_layer_counts_a_request_until_its_answer_is_ready() {
+        use tower_layer::Layer;
+        use tower_service::Service;
+
+        let connection =
+            Coalesced::new(tokio::io::empty(), ClientIdentity::default(), true).connect_info();
+        let (answer, ready) = tokio::sync::oneshot::channel();
+        let mut service = CountRequests.layer(Answer(Some(ready)));
+        let mut request = http::Request::new(());
+        request.extensions_mut().insert(connection.clone());
+        let call = service.call(request);
+        assert_eq!(connection.flow.in_flight.load(Ordering::Relaxed), 1);
+        answer.send(()).unwrap();
+        call.await.unwrap();
+        assert_eq!(connection.flow.in_flight.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

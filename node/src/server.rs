@@ -8,13 +8,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
+use tower_layer::{Identity, Stack};
 
 use crate::api::watch::{WatchService, WatchSettings};
 use crate::api::{
     cluster::ClusterService, election::ElectionService, kv::KvService, lease::LeaseService,
     lock::LockService, maintenance::MaintenanceService, read_index::ReadIndexBatcher, Node,
 };
-use crate::coalesce::Coalesced;
+use crate::coalesce::{Coalesced, CountRequests};
 use crate::config::ServerConfig;
 use crate::lease::Lessor;
 use crate::proto::cairnpb::join_server::JoinServer;
@@ -112,7 +113,7 @@ type Serving = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
 
 /// Serves `router` on `listener` until `stop` turns true: over TLS with `tls`, else plaintext.
 fn serve(
-    router: tonic::transport::server::Router,
+    router: tonic::transport::server::Router<Stack<CountRequests, Identity>>,
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -298,7 +299,9 @@ pub async fn run(
         ))
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
-        let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+        let mut builder = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .layer(CountRequests);
         let router = match &config.tls.pki {
             // A zero-config cluster: members only on the peer service, anyone with the
             // token on the join service.
@@ -323,6 +326,7 @@ pub async fn run(
         let addr = listener.local_addr()?;
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .layer(CountRequests)
             .add_service(
                 KvServer::new(KvService::new(node.clone())).max_decoding_message_size(max_decoding),
             )
