@@ -164,8 +164,8 @@ impl Node {
     /// One read-index round: the leader's commit index, confirmed by a quorum.
     async fn fetch_read_index(&self) -> Result<u64, Status> {
         let read_index = match self.route().await? {
-            Route::Here => match self.raft.get_read_log_id().await {
-                Ok((read_log_id, _)) => read_log_id.map_or(0, |id| id.index),
+            Route::Here => match crate::raft::read_index(&self.raft).await {
+                Ok(index) => index,
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
                     match forward.leader_node {
                         Some(leader) => self.remote_read_index(&leader).await?,

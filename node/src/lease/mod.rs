@@ -350,14 +350,12 @@ impl Inner {
     /// yet applied here (etcd waits for the applied index before it renews): confirm the
     /// commit index with a quorum, wait to have applied it, and track the lease if it exists.
     async fn catch_up(&self, id: i64) -> Result<(), LeaseError> {
-        let (read, _) = self
-            .raft
-            .get_read_log_id()
+        let read = crate::raft::read_index(&self.raft)
             .await
             .map_err(|_| LeaseError::NotPrimary)?;
         self.raft
             .wait(Some(PROMOTION_TIMEOUT))
-            .applied_index_at_least(read.map(|log_id| log_id.index), "lease lookup")
+            .applied_index_at_least(Some(read), "lease lookup")
             .await
             .map_err(|_| LeaseError::NotPrimary)?;
         if let Some(lease) = self.store.lease(id) {
@@ -374,10 +372,10 @@ impl Inner {
     /// Becomes the primary for `term` once everything committed before it is applied.
     async fn promote(&self, term: u64) {
         let caught_up = tokio::time::timeout(PROMOTION_TIMEOUT, async {
-            let (read, _) = self.raft.get_read_log_id().await.ok()?;
+            let read = crate::raft::read_index(&self.raft).await.ok()?;
             self.raft
                 .wait(None)
-                .applied_index_at_least(read.map(|log_id| log_id.index), "lessor promotion")
+                .applied_index_at_least(Some(read), "lessor promotion")
                 .await
                 .ok()
         })

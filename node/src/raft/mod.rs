@@ -23,7 +23,26 @@ pub use peer_service::PeerService;
 pub use proposer::{Proposer, WriteError};
 pub use types::{Applied, AppliedBatch, Member, MemberId, Proposal, Raft, TypeConfig};
 
+use openraft::error::{CheckIsLeaderError, RaftError};
+
 use crate::store::Store;
+
+/// The index a linearizable read must see applied, once a quorum has confirmed that this
+/// member leads: openraft's read log id (the commit index, or this leader's first entry of
+/// its term), raised to the last index of this leader's log.
+///
+/// openraft resumes a restarted leader in its old term without its commit index, and its
+/// first entry of the term can lie well behind writes it acknowledged before the restart: a
+/// read index of that entry let a follower that had not yet learned of those writes answer
+/// without them (the fault test caught it). The entries of the leader's own log are all
+/// committed before, or by, the time they are applied, so waiting for them is always enough.
+pub async fn read_index(
+    raft: &Raft,
+) -> Result<u64, RaftError<MemberId, CheckIsLeaderError<MemberId, Member>>> {
+    let last = raft.metrics().borrow().last_log_index.unwrap_or(0);
+    let (read, _) = raft.get_read_log_id().await?;
+    Ok(read.map_or(0, |log_id| log_id.index).max(last))
+}
 
 /// Raft timing and log retention, with etcd's meanings.
 #[derive(Debug, Clone)]

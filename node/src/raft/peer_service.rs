@@ -99,10 +99,8 @@ impl Peer for PeerService {
         &self,
         _request: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexResponse>, Status> {
-        match self.raft.get_read_log_id().await {
-            Ok((read_log_id, _applied)) => Ok(Response::new(ReadIndexResponse {
-                index: read_log_id.map_or(0, |id| id.index),
-            })),
+        match super::read_index(&self.raft).await {
+            Ok(index) => Ok(Response::new(ReadIndexResponse { index })),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
                 Err(crate::api::errors::no_leader())
             }

@@ -292,7 +292,11 @@ impl Member {
             ),
         ]
         .map(|(flag, value)| (flag.to_owned(), value.to_owned()));
-        for (flag, value) in settings.iter().chain(&self.settings) {
+        // A test's own setting replaces the harness's default for the same flag.
+        let defaults = settings
+            .iter()
+            .filter(|(flag, _)| !self.settings.iter().any(|(own, _)| own == flag));
+        for (flag, value) in defaults.chain(&self.settings) {
             // One argument: `--auto-promote-learners=false` needs the `=`.
             cmd.arg(format!("--{flag}={value}"));
         }
