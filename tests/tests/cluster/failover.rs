@@ -8,8 +8,8 @@ use std::time::Instant;
 use etcd_client::{Client, GetOptions};
 
 use crate::harness::{
-    expect_ok, linearizable_value, poll, put_acknowledged, retry, value_of, within, Cluster,
-    ClusterSpec, ELECTION_TIMEOUT, REQUEST_TIMEOUT,
+    expect_ok, linearizable_value, poll, put_acknowledged, retry, within, Cluster, ClusterSpec,
+    ELECTION_TIMEOUT, REQUEST_TIMEOUT,
 };
 
 /// Acknowledged writes wanted before the kill, and again after the new election.
