@@ -166,12 +166,16 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
     }
 
     /// Makes room for `len` more bytes. `Ready(true)` when they should bypass the buffer: it
-    /// is empty and they alone exceed the limit.
+    /// is empty and either they alone exceed the limit or the connection never waits to
+    /// flush (then buffering would only copy them).
     fn poll_room(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<bool>> {
         if self.buffer.len() + len > BUFFER_LIMIT {
             ready!(self.poll_drain(cx))?;
         }
-        Poll::Ready(Ok(len > BUFFER_LIMIT))
+        let at_once = self.connection.flow.flush_at_once.load(Ordering::Relaxed);
+        Poll::Ready(Ok(
+            len > BUFFER_LIMIT || (at_once && self.written == self.buffer.len())
+        ))
     }
 }
 

@@ -161,7 +161,8 @@ impl Node {
             .map_err(|_| errors::timeout())
     }
 
-    /// One read-index round: the leader's commit index, confirmed by a quorum.
+    /// One read-index round: the leader's read index (see [`crate::raft::read_index`]),
+    /// confirmed by a quorum.
     async fn fetch_read_index(&self) -> Result<u64, Status> {
         let read_index = match self.route().await? {
             Route::Here => match crate::raft::read_index(&self.raft).await {

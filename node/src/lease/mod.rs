@@ -348,7 +348,7 @@ impl Inner {
 
     /// A lease the primary does not track may have been granted by an entry committed but not
     /// yet applied here (etcd waits for the applied index before it renews): confirm the
-    /// commit index with a quorum, wait to have applied it, and track the lease if it exists.
+    /// read index with a quorum, wait to have applied it, and track the lease if it exists.
     async fn catch_up(&self, id: i64) -> Result<(), LeaseError> {
         let read = crate::raft::read_index(&self.raft)
             .await
