@@ -1,8 +1,10 @@
 //! Shared test support. The black-box tests and their harness live in `tests/blackbox/`;
 //! [`linearizability`] checks the histories that the cluster fault tests record, [`netns`]
 //! builds the private networks of the partition and zero-config tests, [`watch_range`] the
-//! ranges the watch-guarantee tests watch.
+//! ranges the watch-guarantee tests watch and the events they compare, [`launch`] what the
+//! node and cluster harnesses make of a process that ended before it was ready.
 
+pub mod launch;
 pub mod linearizability;
 pub mod netns;
 pub mod watch_range;

@@ -1,6 +1,32 @@
-//! The shapes of key range the watch-guarantee tests watch, and which keys each covers.
+//! The shapes of key range the watch-guarantee tests watch, which keys each covers, and the
+//! events the tests compare.
 
-use etcd_client::WatchOptions;
+use etcd_client::{EventType, WatchOptions, WatchResponse};
+
+/// One event as the tests compare them: type, key, value, mod revision.
+pub type Seen = (EventType, String, String, i64);
+
+/// Bytes as text, for keys and values the tests wrote as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The events of one watch response.
+pub fn seen(response: &WatchResponse) -> Vec<Seen> {
+    response
+        .events()
+        .iter()
+        .map(|event| {
+            let kv = event.kv().expect("an event has a key-value");
+            (
+                event.event_type(),
+                text(kv.key()),
+                text(kv.value()),
+                kv.mod_revision(),
+            )
+        })
+        .collect()
+}
 
 #[derive(Clone, Copy, Debug)]
 pub enum Range {

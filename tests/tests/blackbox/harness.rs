@@ -15,6 +15,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub use cairn_tests::cairn_bin;
+use cairn_tests::launch::{exited, LaunchError};
 use etcd_client::{Client, ConnectOptions, KeyValue, ResponseHeader};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
@@ -80,14 +81,6 @@ impl NodeOptions {
         self.extra.push((flag.to_owned(), value.to_owned()));
         self
     }
-}
-
-/// Why a launch did not give a ready node.
-enum LaunchError {
-    /// The node could not bind one of its ports.
-    AddressInUse,
-    /// Anything else; the text says what.
-    Failed(String),
 }
 
 /// One running (or stopped) `cairn` process with its own ports and data dir.
@@ -308,18 +301,11 @@ impl Node {
     async fn wait_ready(&mut self, launch_offset: u64) -> Result<(), LaunchError> {
         let deadline = Instant::now() + DEADLINE;
         loop {
+            let log = self.log_path();
             let child = self.child.as_mut().expect("a launched node");
-            if let Some(status) = child.try_wait().expect("poll the node") {
+            if let Some(error) = exited(child, &log, launch_offset) {
                 self.child = None;
-                let log = fs::read(self.log_path()).unwrap_or_default();
-                let offset = usize::try_from(launch_offset).expect("log offset fits in usize");
-                let log = String::from_utf8_lossy(log.get(offset..).unwrap_or_default());
-                if log.contains("Address already in use") || log.contains("os error 98") {
-                    return Err(LaunchError::AddressInUse);
-                }
-                return Err(LaunchError::Failed(format!(
-                    "exited with {status} before it was ready"
-                )));
+                return Err(error);
             }
             let why = match self.probe().await {
                 Ok(()) => return Ok(()),

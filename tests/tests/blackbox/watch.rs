@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_tests::watch_range::Range;
+use cairn_tests::watch_range::{seen, text, Range, Seen};
 use etcd_client::{
     Client, CompactionOptions, DeleteOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
     WatchFilterType, WatchOptions, WatchResponse, WatchStream,
@@ -19,29 +19,6 @@ use crate::harness::{put, revision, Node, NodeOptions, DEADLINE, POLL_INTERVAL};
 
 /// How long the tests wait to be sure that nothing more arrives.
 const QUIET: Duration = Duration::from_millis(300);
-
-/// One event as the tests compare them: type, key, value, mod revision.
-type Seen = (EventType, String, String, i64);
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn seen(response: &WatchResponse) -> Vec<Seen> {
-    response
-        .events()
-        .iter()
-        .map(|event| {
-            let kv = event.kv().expect("an event has a key-value");
-            (
-                event.event_type(),
-                text(kv.key()),
-                text(kv.value()),
-                kv.mod_revision(),
-            )
-        })
-        .collect()
-}
 
 fn put_event(key: &str, value: &str, revision: i64) -> Seen {
     (EventType::Put, key.to_owned(), value.to_owned(), revision)

@@ -8,8 +8,8 @@ use std::time::Instant;
 use etcd_client::{Client, GetOptions};
 
 use crate::harness::{
-    expect_ok, linearizable_value, poll, put_acknowledged, retry, within, Cluster, ClusterSpec,
-    ELECTION_TIMEOUT, REQUEST_TIMEOUT,
+    expect_ok, linearizable_value, put_acknowledged, retry, wait_for_count, within, Cluster,
+    ClusterSpec, ELECTION_TIMEOUT, REQUEST_TIMEOUT,
 };
 
 /// Acknowledged writes wanted before the kill, and again after the new election.
@@ -44,21 +44,6 @@ async fn write_until_stopped(
         sequence += 1;
     }
     keys
-}
-
-/// Waits until `counter` reaches `target`.
-async fn wait_for_count(counter: &AtomicUsize, target: usize, what: &str) {
-    expect_ok(
-        poll(what, || async {
-            let count = counter.load(Ordering::Relaxed);
-            if count >= target {
-                Ok(())
-            } else {
-                Err(format!("{count} of {target}"))
-            }
-        })
-        .await,
-    );
 }
 
 #[tokio::test]

@@ -16,10 +16,11 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_tests::cairn_bin;
+use cairn_tests::launch::{exited, LaunchError};
 use etcd_client::{Client, ConnectOptions, GetOptions, MemberAddOptions};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
@@ -107,11 +108,6 @@ enum ClusterState {
 }
 
 /// Why a launch did not give a ready member.
-enum LaunchError {
-    AddressInUse,
-    Failed(String),
-}
-
 /// One member: a `cairn` process (or none while stopped) with its data dir and log.
 pub struct Member {
     name: String,
@@ -329,18 +325,11 @@ impl Member {
     async fn wait_ready(&mut self, launch_offset: u64) -> Result<(), LaunchError> {
         let deadline = Instant::now() + DEADLINE;
         loop {
+            let log = self.log_path();
             let child = self.child.as_mut().expect("a launched member");
-            if let Some(status) = child.try_wait().expect("poll the member") {
+            if let Some(error) = exited(child, &log, launch_offset) {
                 self.child = None;
-                let log = fs::read(self.log_path()).unwrap_or_default();
-                let offset = usize::try_from(launch_offset).expect("log offset fits in usize");
-                let log = String::from_utf8_lossy(log.get(offset..).unwrap_or_default());
-                if log.contains("Address already in use") || log.contains("os error 98") {
-                    return Err(LaunchError::AddressInUse);
-                }
-                return Err(LaunchError::Failed(format!(
-                    "exited with {status} before it was ready"
-                )));
+                return Err(error);
             }
             let why = match self.probe().await {
                 Ok(id) => {
@@ -685,6 +674,21 @@ pub async fn within<T>(
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => Err(format!("no answer within {timeout:?}")),
     }
+}
+
+/// Waits until `counter` reaches `target`.
+pub async fn wait_for_count(counter: &AtomicUsize, target: usize, what: &str) {
+    expect_ok(
+        poll(what, || async {
+            let count = counter.load(Ordering::Relaxed);
+            if count >= target {
+                Ok(())
+            } else {
+                Err(format!("{count} of {target}"))
+            }
+        })
+        .await,
+    );
 }
 
 /// Calls `attempt` until it succeeds or [`DEADLINE`] passes; the error names `what` and the

@@ -8,15 +8,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_tests::watch_range::Range;
+use cairn_tests::watch_range::{seen, text, Range, Seen};
 use etcd_client::{
     Client, DeleteOptions, EventType, GetOptions, ResponseHeader, Txn, TxnOp, WatchOptions,
-    WatchResponse,
 };
 
 use crate::harness::{
-    connect, expect_ok, poll, retry, within, Cluster, ClusterSpec, DEADLINE, POLL_INTERVAL,
-    REQUEST_TIMEOUT,
+    connect, expect_ok, poll, retry, wait_for_count, within, Cluster, ClusterSpec, DEADLINE,
+    POLL_INTERVAL, REQUEST_TIMEOUT,
 };
 
 /// Acknowledged writes (of all writers) wanted before the kill, and again after the new
@@ -29,31 +28,8 @@ const QUIET: Duration = Duration::from_millis(300);
 /// Keys the writers touch: `/wf/0` ... `/wf/15`, and `/wf/16` ... `/wf/19` by transactions.
 const PREFIX: &str = "/wf/";
 
-/// One event as the test compares them: type, key, value, mod revision.
-type Seen = (EventType, String, String, i64);
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn revision_of(header: Option<&ResponseHeader>) -> i64 {
     header.map_or(0, ResponseHeader::revision)
-}
-
-fn seen(response: &WatchResponse) -> Vec<Seen> {
-    response
-        .events()
-        .iter()
-        .map(|event| {
-            let kv = event.kv().expect("an event has a key-value");
-            (
-                event.event_type(),
-                text(kv.key()),
-                text(kv.value()),
-                kv.mod_revision(),
-            )
-        })
-        .collect()
 }
 
 /// One acknowledged write, as the events it committed at its revision.
@@ -205,21 +181,6 @@ async fn current_revision(client: &Client) -> i64 {
     })
     .await;
     revision_of(expect_ok(read).header())
-}
-
-/// Waits until `counter` reaches `target`.
-async fn wait_for_count(counter: &AtomicUsize, target: usize, what: &str) {
-    expect_ok(
-        poll(what, || async {
-            let count = counter.load(Ordering::Relaxed);
-            if count >= target {
-                Ok(())
-            } else {
-                Err(format!("{count} of {target}"))
-            }
-        })
-        .await,
-    );
 }
 
 /// The committed history of [`PREFIX`] from revision 1 to `through`, read back by a fresh
