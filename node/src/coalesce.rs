@@ -173,9 +173,7 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
             ready!(self.poll_drain(cx))?;
         }
         let at_once = self.connection.flow.flush_at_once.load(Ordering::Relaxed);
-        Poll::Ready(Ok(
-            len > BUFFER_LIMIT || (at_once && self.written == self.buffer.len())
-        ))
+        Poll::Ready(Ok(len > BUFFER_LIMIT || (at_once && self.buffer.is_empty())))
     }
 }
 
@@ -215,7 +213,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.written < this.buffer.len() {
+        if !this.buffer.is_empty() {
             let flow = &this.connection.flow;
             let others_pending = !flow.flush_at_once.load(Ordering::Relaxed)
                 && flow.in_flight.load(Ordering::Relaxed) > 0;

@@ -300,8 +300,8 @@ impl Node {
     /// output starts in the log.
     async fn wait_ready(&mut self, launch_offset: u64) -> Result<(), LaunchError> {
         let deadline = Instant::now() + DEADLINE;
+        let log = self.log_path();
         loop {
-            let log = self.log_path();
             let child = self.child.as_mut().expect("a launched node");
             if let Some(error) = exited(child, &log, launch_offset) {
                 self.child = None;

@@ -107,7 +107,6 @@ enum ClusterState {
     Existing,
 }
 
-/// Why a launch did not give a ready member.
 /// One member: a `cairn` process (or none while stopped) with its data dir and log.
 pub struct Member {
     name: String,
@@ -324,8 +323,8 @@ impl Member {
     /// Polls until the member answers `Status` naming a leader, or has exited.
     async fn wait_ready(&mut self, launch_offset: u64) -> Result<(), LaunchError> {
         let deadline = Instant::now() + DEADLINE;
+        let log = self.log_path();
         loop {
-            let log = self.log_path();
             let child = self.child.as_mut().expect("a launched member");
             if let Some(error) = exited(child, &log, launch_offset) {
                 self.child = None;
