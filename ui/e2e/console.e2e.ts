@@ -71,10 +71,14 @@ beforeAll(async () => {
     CAIRN_CONSOLE_NO_KEYCHAIN: "1",
   };
   driver = await startTauriDriver(required("TAURI_DRIVER"), required("WEBKIT_DRIVER"), env);
-  app = await Session.create(driver.url, {
-    browserName: "wry",
-    "tauri:options": { application: required("CONSOLE_BIN") },
-  });
+  try {
+    app = await Session.create(driver.url, {
+      browserName: "wry",
+      "tauri:options": { application: required("CONSOLE_BIN") },
+    });
+  } catch (error) {
+    throw new Error(`no WebDriver session: ${String(error)}; tauri-driver said: ${driver.process.output.join("")}`);
+  }
   await app.setWindowSize(1280, 800);
   // Screenshots in the light theme whatever the machine prefers; one test switches to dark.
   await app.waitFor('[data-testid="toggle-theme"]');

@@ -107,9 +107,11 @@ export async function startTauriDriver(tauriDriver: string, nativeDriver: string
   );
   const process = new Managed("tauri-driver", child);
   const url = `http://127.0.0.1:${port}`;
-  await waitUntil("tauri-driver", 30_000, async () => {
+  // tauri-driver listens before the WebKitWebDriver it starts does, and drops a new-session
+  // request that arrives in between: wait for both ports.
+  await waitUntil("tauri-driver and WebKitWebDriver", 30_000, async () => {
     if (process.exited) throw new Error(`tauri-driver exited: ${process.output.join("")}`);
-    return portOpen(port);
+    return (await portOpen(port)) && (await portOpen(nativePort));
   });
   return { process, url };
 }
