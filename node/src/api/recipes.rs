@@ -186,7 +186,7 @@ impl Watch {
             match output {
                 Output::Events {
                     revision, events, ..
-                } => return Ok((revision, events)),
+                } => return Ok((revision, events.decode())),
                 Output::Compacted { .. } => return Err(KvError::Compacted.into()),
                 Output::Progress { .. } => {}
             }

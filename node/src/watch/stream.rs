@@ -6,10 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{
-    Delivery, Outbox, Shared, Watcher, CANCELED, FRAGMENT, PREV_KV, PROGRESS_NOTIFY, SENT,
+    Delivery, Events, Outbox, Shared, Watcher, CANCELED, FRAGMENT, PREV_KV, PROGRESS_NOTIFY, SENT,
 };
 use crate::proto::etcdserverpb::WatchCreateRequest;
-use crate::proto::mvccpb::Event;
 use crate::store::KvError;
 
 /// etcd's reasons for refusing a watch, sent as the `cancel_reason` of a created response.
@@ -39,7 +38,7 @@ pub enum Output {
     Events {
         watch_id: i64,
         revision: i64,
-        events: Vec<Event>,
+        events: Events,
         fragment: bool,
     },
     /// The watcher's next revision was compacted away: it is canceled.
@@ -221,16 +220,13 @@ impl WatchStream {
             picks,
             ..
         } = delivery;
-        let mut events: Vec<Event> = picks
-            .iter()
-            .map(|&at| batch.events[at as usize].clone())
-            .collect();
-        if watcher.has(PREV_KV) {
-            let prev_kvs = batch.prev_kvs(&self.shared.store)?;
-            for (event, &at) in events.iter_mut().zip(&picks) {
-                event.prev_kv = prev_kvs[at as usize].clone();
-            }
-        }
+        let fields = batch.fields(watcher.has(PREV_KV), &self.shared.store)?;
+        let events = Events::from_fields(
+            picks
+                .iter()
+                .map(|&at| fields[at as usize].clone())
+                .collect(),
+        );
         watcher.set(SENT);
         Ok(Output::Events {
             watch_id: watcher.id,
@@ -281,7 +277,7 @@ impl WatchStream {
                 output = Some(Output::Events {
                     watch_id: watcher.id,
                     revision,
-                    events,
+                    events: Events::encode(&events),
                     fragment: watcher.has(FRAGMENT),
                 });
             }
