@@ -20,31 +20,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
-    compile_watch_server();
     Ok(())
-}
-
-/// The server side of etcd's Watch service once more, answering with
-/// `crate::api::watch::Reply`: a `WatchResponse` whose events were encoded ahead, once per
-/// published batch for all of its watchers. The route and the bytes on the wire are etcd's.
-fn compile_watch_server() {
-    use tonic_prost_build::manual::{Builder, Method, Service};
-    let watch = Method::builder()
-        .name("watch")
-        .route_name("Watch")
-        .input_type("crate::proto::etcdserverpb::WatchRequest")
-        .output_type("crate::api::watch::Reply")
-        .codec_path("tonic_prost::ProstCodec")
-        .client_streaming()
-        .server_streaming()
-        .build();
-    let service = Service::builder()
-        .name("Watch")
-        .package("etcdserverpb")
-        .method(watch)
-        .build();
-    Builder::new()
-        .build_client(false)
-        .build_transport(false)
-        .compile(&[service]);
 }

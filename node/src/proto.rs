@@ -31,10 +31,3 @@ pub mod v3electionpb {
 pub mod cairnpb {
     tonic::include_proto!("cairnpb");
 }
-
-/// The server of etcd's Watch service that `build.rs` generates apart, answering with
-/// responses whose events were encoded ahead (`crate::api::watch::Reply`).
-#[allow(clippy::all, clippy::pedantic)]
-pub mod encoded_watch {
-    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.Watch.rs"));
-}

@@ -20,10 +20,9 @@ use crate::config::ServerConfig;
 use crate::lease::Lessor;
 use crate::proto::cairnpb::join_server::JoinServer;
 use crate::proto::cairnpb::peer_server::PeerServer;
-use crate::proto::encoded_watch::watch_server::WatchServer;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;

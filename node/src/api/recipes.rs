@@ -186,7 +186,7 @@ impl Watch {
             match output {
                 Output::Events {
                     revision, events, ..
-                } => return Ok((revision, events.decode())),
+                } => return Ok((revision, events)),
                 Output::Compacted { .. } => return Err(KvError::Compacted.into()),
                 Output::Progress { .. } => {}
             }

@@ -5,19 +5,17 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes};
-use prost::encoding::{DecodeContext, WireType};
-use prost::{DecodeError, Message};
+use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::SharedNode;
 use crate::coalesce::Connection;
-use crate::proto::encoded_watch::watch_server::Watch;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
+use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{WatchRequest, WatchResponse};
-use crate::watch::{Created, Events, Output, WatchHub, WatchStream};
+use crate::watch::{Created, Output, WatchHub, WatchStream};
 
 /// Responses a stream may have ready while the client reads slowly; beyond that its
 /// watchers' queues in the hub fill up, and they fall back to reading history.
@@ -41,58 +39,6 @@ pub struct WatchSettings {
     /// A watcher with `fragment` gets responses split at about this size (etcd uses
     /// `--max-request-bytes` plus its gRPC overhead allowance).
     pub fragment_bytes: usize,
-}
-
-/// A `WatchResponse` as it goes on the wire: every field but the events, encoded, then the
-/// events as the hub encoded them (shared by every watcher of a batch). Only ever encoded:
-/// the server never reads one.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Reply {
-    head: Bytes,
-    events: Vec<Bytes>,
-}
-
-impl Reply {
-    /// `response` (whose own `events` must be empty) followed by `events`.
-    fn new(response: &WatchResponse, events: Vec<Bytes>) -> Reply {
-        debug_assert!(response.events.is_empty());
-        Reply {
-            head: response.encode_to_vec().into(),
-            events,
-        }
-    }
-
-    /// The response without events.
-    fn bare(response: &WatchResponse) -> Reply {
-        Reply::new(response, Vec::new())
-    }
-}
-
-impl Message for Reply {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.head);
-        for event in &self.events {
-            buf.put_slice(event);
-        }
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.head.len() + self.events.iter().map(Bytes::len).sum::<usize>()
-    }
-
-    fn clear(&mut self) {
-        *self = Reply::default();
-    }
 }
 
 pub struct WatchService {
@@ -124,7 +70,7 @@ impl WatchService {
 
 #[tonic::async_trait]
 impl Watch for WatchService {
-    type WatchStream = ReceiverStream<Result<Reply, Status>>;
+    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
 
     async fn watch(
         &self,
@@ -151,7 +97,7 @@ struct Session {
     node: SharedNode,
     watchers: WatchStream,
     settings: WatchSettings,
-    sender: mpsc::Sender<Result<Reply, Status>>,
+    sender: mpsc::Sender<Result<WatchResponse, Status>>,
     stop: watch::Receiver<bool>,
 }
 
@@ -218,7 +164,7 @@ impl Session {
     }
 
     /// Sends one response; false when the stream is over (client gone or member stopping).
-    async fn send(&mut self, response: Reply) -> bool {
+    async fn send(&mut self, response: WatchResponse) -> bool {
         // The common case, room in the channel, needs no wait and so no watch on shutdown.
         let response = match self.sender.try_send(Ok(response)) {
             Ok(()) => return true,
@@ -234,7 +180,7 @@ impl Session {
         }
     }
 
-    fn handle(&mut self, request: WatchRequest) -> Vec<Reply> {
+    fn handle(&mut self, request: WatchRequest) -> Vec<WatchResponse> {
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => {
                 let response = match self.watchers.create(&create) {
@@ -253,18 +199,16 @@ impl Session {
                         ..WatchResponse::default()
                     },
                 };
-                vec![Reply::bare(&response)]
+                vec![response]
             }
             Some(RequestUnion::CancelRequest(cancel)) => self
                 .watchers
                 .cancel(cancel.watch_id)
-                .map(|revision| {
-                    Reply::bare(&WatchResponse {
-                        header: Some(self.node.header(revision)),
-                        watch_id: cancel.watch_id,
-                        canceled: true,
-                        ..WatchResponse::default()
-                    })
+                .map(|revision| WatchResponse {
+                    header: Some(self.node.header(revision)),
+                    watch_id: cancel.watch_id,
+                    canceled: true,
+                    ..WatchResponse::default()
                 })
                 .into_iter()
                 .collect(),
@@ -277,7 +221,7 @@ impl Session {
         }
     }
 
-    fn respond(&self, output: Output) -> Vec<Reply> {
+    fn respond(&self, output: Output) -> Vec<WatchResponse> {
         match output {
             Output::Events {
                 watch_id,
@@ -288,30 +232,31 @@ impl Session {
                 let response = WatchResponse {
                     header: Some(self.node.header(revision)),
                     watch_id,
+                    events,
                     ..WatchResponse::default()
                 };
                 if fragment {
-                    fragments(&response, events, self.settings.fragment_bytes)
+                    fragments(response, self.settings.fragment_bytes)
                 } else {
-                    vec![Reply::new(&response, events.into_fields())]
+                    vec![response]
                 }
             }
             // etcd's compaction notice carries no revision in its header.
             Output::Compacted {
                 watch_id,
                 compact_revision,
-            } => vec![Reply::bare(&WatchResponse {
+            } => vec![WatchResponse {
                 header: Some(self.node.header(0)),
                 watch_id,
                 canceled: true,
                 compact_revision,
                 ..WatchResponse::default()
-            })],
-            Output::Progress { watch_id, revision } => vec![Reply::bare(&WatchResponse {
+            }],
+            Output::Progress { watch_id, revision } => vec![WatchResponse {
                 header: Some(self.node.header(revision)),
                 watch_id,
                 ..WatchResponse::default()
-            })],
+            }],
         }
     }
 }
@@ -325,30 +270,32 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// etcd's `sendFragments`: a response of at least `limit` bytes with more than one event
 /// becomes several, each filled with events while it stays under `limit` (but never empty),
 /// all flagged `fragment` except the last.
-fn fragments(response: &WatchResponse, events: Events, limit: usize) -> Vec<Reply> {
-    let whole = Reply::new(response, events.into_fields());
-    if whole.encoded_len() < limit || whole.events.len() < 2 {
-        return vec![whole];
+fn fragments(response: WatchResponse, limit: usize) -> Vec<WatchResponse> {
+    if response.encoded_len() < limit || response.events.len() < 2 {
+        return vec![response];
     }
-    let flagged = WatchResponse {
+    let template = WatchResponse {
+        events: Vec::new(),
         fragment: true,
         ..response.clone()
     };
-    let head = flagged.encoded_len();
     let mut parts = Vec::new();
-    let mut events = whole.events.into_iter().peekable();
+    let mut events = response.events.into_iter().peekable();
     while events.peek().is_some() {
-        let mut part = Vec::new();
-        let mut size = head;
+        let mut part = template.clone();
+        let mut size = part.encoded_len();
         while let Some(event) = events.peek() {
-            if !part.is_empty() && size + event.len() >= limit {
+            let len = event.encoded_len();
+            // The tag of field 11 is one byte, then the length, then the event.
+            let field = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+            if !part.events.is_empty() && size + field >= limit {
                 break;
             }
-            size += event.len();
-            part.extend(events.next());
+            size += field;
+            part.events.extend(events.next());
         }
-        let last = events.peek().is_none();
-        parts.push(Reply::new(if last { response } else { &flagged }, part));
+        part.fragment = events.peek().is_some();
+        parts.push(part);
     }
     parts
 }
@@ -369,7 +316,6 @@ fn jittered(interval: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::etcdserverpb::ResponseHeader;
     use crate::proto::mvccpb::{Event, KeyValue};
 
     fn event(value_len: usize) -> Event {
@@ -386,59 +332,28 @@ mod tests {
 
     fn response(events: Vec<Event>) -> WatchResponse {
         WatchResponse {
-            header: Some(ResponseHeader {
-                cluster_id: 11,
-                member_id: 12,
-                revision: 5,
-                raft_term: 2,
-            }),
             watch_id: 3,
             events,
             ..WatchResponse::default()
         }
     }
 
-    /// `response` split as the session splits it: its events encoded by the hub.
-    fn split(response: &WatchResponse, limit: usize) -> Vec<WatchResponse> {
-        let bare = WatchResponse {
-            events: Vec::new(),
-            ..response.clone()
-        };
-        fragments(&bare, Events::encode(&response.events), limit)
-            .iter()
-            .map(|reply| WatchResponse::decode(reply.encode_to_vec().as_slice()).unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn a_reply_is_the_bytes_of_the_response_it_stands_for() {
-        let full = response(vec![event(10), event(300), event(0)]);
-        let bare = WatchResponse {
-            events: Vec::new(),
-            ..full.clone()
-        };
-        let reply = Reply::new(&bare, Events::encode(&full.events).into_fields());
-        assert_eq!(reply.encoded_len(), full.encoded_len());
-        assert_eq!(reply.encode_to_vec(), full.encode_to_vec());
-    }
-
     #[test]
     fn small_or_single_event_responses_are_not_split() {
         let small = response(vec![event(10), event(10)]);
-        assert_eq!(split(&small, 1000), vec![small]);
+        assert_eq!(fragments(small.clone(), 1000), vec![small]);
         let single = response(vec![event(5000)]);
-        assert_eq!(split(&single, 1000), vec![single]);
+        assert_eq!(fragments(single.clone(), 1000), vec![single]);
     }
 
     #[test]
     fn large_responses_split_in_order_flagged_until_the_last() {
         let events: Vec<Event> = (0..10).map(|_| event(300)).collect();
-        let parts = split(&response(events.clone()), 1000);
+        let parts = fragments(response(events.clone()), 1000);
         assert_eq!(parts.len(), 4, "3 events of ~310 bytes fit under 1000");
         for (at, part) in parts.iter().enumerate() {
             assert_eq!(part.fragment, at + 1 < parts.len());
             assert_eq!(part.watch_id, 3);
-            assert_eq!(part.header, response(Vec::new()).header);
             assert!(part.encoded_len() < 1000 || part.events.len() == 1);
         }
         let joined: Vec<Event> = parts.into_iter().flat_map(|part| part.events).collect();
@@ -448,7 +363,7 @@ mod tests {
     #[test]
     fn an_oversized_event_still_travels_alone() {
         let events = vec![event(10), event(5000), event(10)];
-        let parts = split(&response(events), 1000);
+        let parts = fragments(response(events), 1000);
         let sizes: Vec<usize> = parts.iter().map(|part| part.events.len()).collect();
         assert_eq!(sizes, [1, 1, 1]);
         let flags: Vec<bool> = parts.iter().map(|part| part.fragment).collect();

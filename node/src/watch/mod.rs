@@ -31,7 +31,6 @@
 //! the registry and in its stream's table. What a stream holds beyond that is bounded by the
 //! limits: its watchers' queued deliveries and one history page at a time.
 
-mod encoded;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -40,11 +39,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use bytes::Bytes;
 use prost::Message;
 use tokio::sync::Notify;
 
-pub use encoded::Events;
 pub use stream::{Created, Output, WatchStream};
 
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
@@ -289,9 +286,6 @@ struct Batch {
     sizes: Vec<usize>,
     /// The previous version of each event's key, read once for all watchers with `prev_kv`.
     prev_kvs: OnceLock<Vec<Option<KeyValue>>>,
-    /// Each event encoded for the wire, once for all watchers; without and with `prev_kv`.
-    fields: OnceLock<Vec<Bytes>>,
-    fields_with_prev: OnceLock<Vec<Bytes>>,
 }
 
 impl Batch {
@@ -301,34 +295,7 @@ impl Batch {
             sizes: events.iter().map(Message::encoded_len).collect(),
             events,
             prev_kvs: OnceLock::new(),
-            fields: OnceLock::new(),
-            fields_with_prev: OnceLock::new(),
         }
-    }
-
-    /// The events encoded for the wire, with their previous versions if `prev_kv`.
-    fn fields(&self, prev_kv: bool, store: &Store) -> Result<&[Bytes], KvError> {
-        if !prev_kv {
-            return Ok(self
-                .fields
-                .get_or_init(|| self.events.iter().map(encoded::field).collect()));
-        }
-        if let Some(fields) = self.fields_with_prev.get() {
-            return Ok(fields);
-        }
-        let prev_kvs = self.prev_kvs(store)?;
-        Ok(self.fields_with_prev.get_or_init(|| {
-            self.events
-                .iter()
-                .zip(prev_kvs)
-                .map(|(event, prev_kv)| {
-                    encoded::field(&Event {
-                        prev_kv: prev_kv.clone(),
-                        ..event.clone()
-                    })
-                })
-                .collect()
-        }))
     }
 
     fn prev_kvs(&self, store: &Store) -> Result<&[Option<KeyValue>], KvError> {

@@ -6,9 +6,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{
-    Delivery, Events, Outbox, Shared, Watcher, CANCELED, FRAGMENT, PREV_KV, PROGRESS_NOTIFY, SENT,
+    Delivery, Outbox, Shared, Watcher, CANCELED, FRAGMENT, PREV_KV, PROGRESS_NOTIFY, SENT,
 };
 use crate::proto::etcdserverpb::WatchCreateRequest;
+use crate::proto::mvccpb::Event;
 use crate::store::KvError;
 
 /// etcd's reasons for refusing a watch, sent as the `cancel_reason` of a created response.
@@ -38,7 +39,7 @@ pub enum Output {
     Events {
         watch_id: i64,
         revision: i64,
-        events: Events,
+        events: Vec<Event>,
         fragment: bool,
     },
     /// The watcher's next revision was compacted away: it is canceled.
@@ -220,13 +221,16 @@ impl WatchStream {
             picks,
             ..
         } = delivery;
-        let fields = batch.fields(watcher.has(PREV_KV), &self.shared.store)?;
-        let events = Events::from_fields(
-            picks
-                .iter()
-                .map(|&at| fields[at as usize].clone())
-                .collect(),
-        );
+        let mut events: Vec<Event> = picks
+            .iter()
+            .map(|&at| batch.events[at as usize].clone())
+            .collect();
+        if watcher.has(PREV_KV) {
+            let prev_kvs = batch.prev_kvs(&self.shared.store)?;
+            for (event, &at) in events.iter_mut().zip(&picks) {
+                event.prev_kv = prev_kvs[at as usize].clone();
+            }
+        }
         watcher.set(SENT);
         Ok(Output::Events {
             watch_id: watcher.id,
@@ -277,7 +281,7 @@ impl WatchStream {
                 output = Some(Output::Events {
                     watch_id: watcher.id,
                     revision,
-                    events: Events::encode(&events),
+                    events,
                     fragment: watcher.has(FRAGMENT),
                 });
             }

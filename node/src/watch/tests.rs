@@ -95,7 +95,7 @@ fn seen(outputs: &[Output]) -> Vec<Seen> {
             watch_id, events, ..
         } = output
         {
-            for event in events.decode() {
+            for event in events {
                 let kv = event.kv.as_ref().unwrap();
                 let kind = if event.r#type == EventType::Delete as i32 {
                     "DELETE"
@@ -157,7 +157,7 @@ async fn synced_watchers_get_their_events_in_order_with_whole_revisions() {
         .iter()
         .find(|output| {
             matches!(output, Output::Events { watch_id, events, .. }
-                if *watch_id == all && events.decode().len() == 2)
+                if *watch_id == all && events.len() == 2)
         })
         .expect("one response with both changes of the txn");
     assert!(matches!(txn_output, Output::Events { revision, .. } if *revision == r4));
@@ -337,7 +337,7 @@ async fn prev_kv_carries_the_version_before_each_event() {
     let prev: Vec<Option<String>> = outputs
         .iter()
         .flat_map(|output| match output {
-            Output::Events { events, .. } => events.decode(),
+            Output::Events { events, .. } => events.clone(),
             other => panic!("unexpected {other:?}"),
         })
         .map(|event| event.prev_kv.map(|kv| String::from_utf8(kv.value).unwrap()))
@@ -678,7 +678,7 @@ async fn concurrent_writers_and_slow_streams_see_exactly_the_history() {
                 } = output
                 {
                     if *watch_id == id {
-                        got.push(events.decode());
+                        got.push(events.clone());
                     }
                 }
             }
