@@ -12,7 +12,7 @@ use crate::proto::etcdserverpb::{
     MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest,
     MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
 };
-use crate::raft::membership::{self, ChangeOutcome, MembershipChange};
+use crate::raft::membership::{self, ChangeOutcome, Listed, MembershipChange};
 use crate::raft::{self, MemberId};
 
 /// How often a member checks its place in the cluster (attributes, promotions, removal).
@@ -35,25 +35,40 @@ impl ClusterService {
 /// The members as etcd lists them.
 pub(crate) fn members(node: &super::Node) -> Vec<Member> {
     let metrics = node.raft.metrics();
-    let metrics = metrics.borrow();
-    let membership = metrics.membership_config.membership();
-    let learners: Vec<_> = membership.learner_ids().collect();
-    membership
-        .nodes()
-        .map(|(id, member)| Member {
-            id: *id,
-            name: member.name.clone(),
-            peer_ur_ls: member.peer_urls.clone(),
-            client_ur_ls: member.client_urls.clone(),
-            is_learner: learners.contains(id),
-        })
+    let listed = membership::listed(metrics.borrow().membership_config.membership());
+    to_proto(listed)
+}
+
+fn to_proto(listed: Vec<Listed>) -> Vec<Member> {
+    listed
+        .into_iter()
+        .map(
+            |Listed {
+                 id,
+                 member,
+                 learner,
+             }| Member {
+                id,
+                name: member.name,
+                peer_ur_ls: member.peer_urls,
+                client_ur_ls: member.client_urls,
+                is_learner: learner,
+            },
+        )
         .collect()
 }
 
-/// Runs a membership change on the leader, wherever that is.
-pub(crate) async fn change(node: &super::Node, change: MembershipChange) -> Result<(), Status> {
+/// Runs a membership change on the leader, wherever that is; answers the members once it is
+/// committed, as the leader lists them (etcd answers the list after the change, which this
+/// member may not have applied yet).
+pub(crate) async fn change(
+    node: &super::Node,
+    change: MembershipChange,
+) -> Result<Vec<Member>, Status> {
     match node.route().await? {
-        Route::Here => membership::apply_change(&node.raft, change).await,
+        Route::Here => membership::apply_change(&node.raft, change)
+            .await
+            .map(to_proto),
         Route::Leader(leader) => {
             let mut client = node
                 .peers
@@ -67,7 +82,9 @@ pub(crate) async fn change(node: &super::Node, change: MembershipChange) -> Resu
                 .map_err(super::errors::from_peer_status)?;
             let outcome: ChangeOutcome = raft::decode_peer_message(reply.get_ref())
                 .map_err(|e| Status::internal(format!("cairn: undecodable answer: {e}")))?;
-            outcome.map_err(|(code, message)| Status::new(tonic::Code::from_i32(code), message))
+            outcome
+                .map(to_proto)
+                .map_err(|(code, message)| Status::new(tonic::Code::from_i32(code), message))
         }
     }
 }
@@ -96,7 +113,7 @@ impl Cluster for ClusterService {
             client_urls: Vec::new(),
             wants_vote: !request.is_learner,
         };
-        change(&self.node, MembershipChange::Add { id, member }).await?;
+        let members = change(&self.node, MembershipChange::Add { id, member }).await?;
         Ok(Response::new(MemberAddResponse {
             header: self.header(),
             member: Some(Member {
@@ -106,7 +123,7 @@ impl Cluster for ClusterService {
                 client_ur_ls: Vec::new(),
                 is_learner: request.is_learner,
             }),
-            members: members(&self.node),
+            members,
         }))
     }
 
@@ -115,10 +132,10 @@ impl Cluster for ClusterService {
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = request.into_inner().id;
-        change(&self.node, MembershipChange::Remove { id }).await?;
+        let members = change(&self.node, MembershipChange::Remove { id }).await?;
         Ok(Response::new(MemberRemoveResponse {
             header: self.header(),
-            members: members(&self.node),
+            members,
         }))
     }
 
@@ -141,7 +158,7 @@ impl Cluster for ClusterService {
             peer_urls: request.peer_ur_ls,
             ..current
         };
-        change(
+        let members = change(
             &self.node,
             MembershipChange::Update {
                 id: request.id,
@@ -151,7 +168,7 @@ impl Cluster for ClusterService {
         .await?;
         Ok(Response::new(MemberUpdateResponse {
             header: self.header(),
-            members: members(&self.node),
+            members,
         }))
     }
 
@@ -173,10 +190,10 @@ impl Cluster for ClusterService {
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         let id = request.into_inner().id;
-        change(&self.node, MembershipChange::Promote { id }).await?;
+        let members = change(&self.node, MembershipChange::Promote { id }).await?;
         Ok(Response::new(MemberPromoteResponse {
             header: self.header(),
-            members: members(&self.node),
+            members,
         }))
     }
 }

@@ -30,8 +30,30 @@ pub enum MembershipChange {
     Update { id: MemberId, member: Member },
 }
 
-/// The outcome of a change, as carried back from the leader: `Err((code, message))`.
-pub type ChangeOutcome = Result<(), (i32, String)>;
+/// One member as a membership lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Listed {
+    pub id: MemberId,
+    pub member: Member,
+    pub learner: bool,
+}
+
+/// The members of `membership`, voters and learners.
+pub fn listed(membership: &openraft::Membership<MemberId, Member>) -> Vec<Listed> {
+    let learners: BTreeSet<MemberId> = membership.learner_ids().collect();
+    membership
+        .nodes()
+        .map(|(id, member)| Listed {
+            id: *id,
+            member: member.clone(),
+            learner: learners.contains(id),
+        })
+        .collect()
+}
+
+/// The outcome of a change, as carried back from the leader: the members once the change is
+/// committed, or `Err((code, message))`.
+pub type ChangeOutcome = Result<Vec<Listed>, (i32, String)>;
 
 pub fn member_not_found() -> Status {
     Status::new(Code::NotFound, "etcdserver: member not found")
@@ -77,11 +99,18 @@ async fn change_membership(
     raft: &Raft,
     changes: ChangeMembers<MemberId, Member>,
     retain: bool,
-) -> Result<(), Status> {
+) -> Result<Vec<Listed>, Status> {
     let give_up = tokio::time::Instant::now() + CHANGE_WAIT;
     loop {
         match raft.change_membership(changes.clone(), retain).await {
-            Ok(_) => return Ok(()),
+            Ok(written) => {
+                // The committed uniform configuration; the metrics of this member (or of
+                // the member that forwarded the change) may not show it yet.
+                let membership = written.membership.ok_or_else(|| {
+                    Status::internal("cairn: a membership change wrote no membership")
+                })?;
+                return Ok(listed(&membership));
+            }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                 ChangeMembershipError::InProgress(_),
             ))) => {
@@ -126,7 +155,7 @@ fn is_caught_up(raft: &Raft, id: MemberId) -> bool {
 }
 
 /// Runs a change on this member, which must be the leader.
-pub async fn apply_change(raft: &Raft, change: MembershipChange) -> Result<(), Status> {
+pub async fn apply_change(raft: &Raft, change: MembershipChange) -> Result<Vec<Listed>, Status> {
     let membership = raft
         .metrics()
         .borrow()
@@ -154,7 +183,7 @@ pub async fn apply_change(raft: &Raft, change: MembershipChange) -> Result<(), S
                 ChangeMembers::AddNodes(BTreeMap::from([(id, member)])),
                 true,
             )
-            .await?;
+            .await
         }
         MembershipChange::Promote { id } => {
             if !known(&id) {
@@ -166,7 +195,7 @@ pub async fn apply_change(raft: &Raft, change: MembershipChange) -> Result<(), S
             if !is_caught_up(raft, id) {
                 return Err(learner_not_ready());
             }
-            change_membership(raft, ChangeMembers::AddVoterIds(BTreeSet::from([id])), true).await?;
+            change_membership(raft, ChangeMembers::AddVoterIds(BTreeSet::from([id])), true).await
         }
         MembershipChange::Remove { id } => {
             if !known(&id) {
@@ -178,14 +207,14 @@ pub async fn apply_change(raft: &Raft, change: MembershipChange) -> Result<(), S
                     ChangeMembers::RemoveVoters(BTreeSet::from([id])),
                     false,
                 )
-                .await?;
+                .await
             } else {
                 change_membership(
                     raft,
                     ChangeMembers::RemoveNodes(BTreeSet::from([id])),
                     false,
                 )
-                .await?;
+                .await
             }
         }
         MembershipChange::Update { id, member } => {
@@ -197,10 +226,9 @@ pub async fn apply_change(raft: &Raft, change: MembershipChange) -> Result<(), S
                 ChangeMembers::SetNodes(BTreeMap::from([(id, member)])),
                 true,
             )
-            .await?;
+            .await
         }
     }
-    Ok(())
 }
 
 /// On the leader: promotes caught-up learners to voters. Members added as voters are promoted
@@ -248,7 +276,9 @@ pub async fn promote_learners(raft: &Raft, auto_promote: bool) -> Result<(), Sta
         return Ok(());
     }
     tracing::info!(members = ?promoted.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(), "promoting caught-up learners");
-    change_membership(raft, ChangeMembers::AddVoterIds(promoted), true).await
+    change_membership(raft, ChangeMembers::AddVoterIds(promoted), true)
+        .await
+        .map(drop)
 }
 
 /// On the member asked to take over (MoveLeader): keeps calling elections until it leads or
