@@ -16,9 +16,13 @@
 //!
 //! The yield also puts a response behind whatever else the worker thread has queued. Where
 //! that costs more than the saved writes, the connection flushes at once instead: on the peer
-//! listener (one Raft call in flight per peer, nothing to gather), and on a client connection
-//! once it carries a watch stream, whose fan-out work would otherwise delay the answers to the
-//! writes that caused it.
+//! listener (one Raft call in flight per peer, nothing to gather).
+//!
+//! A client connection that carries a watch stream is in *fan-out* mode: one publish readies
+//! many of its streams at once, but their work is not counted as requests in flight, and the
+//! answer to a put that caused it must not wait behind it. So a flush there yields once
+//! unless an answer became ready since the last flush: watch events of one publish leave
+//! together, an answer leaves at once.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -47,15 +51,20 @@ pub struct Connection {
 /// What decides whether a flush waits a round.
 #[derive(Debug)]
 struct Flow {
-    flush_at_once: AtomicBool,
+    flush_at_once: bool,
+    /// The connection carries a watch stream (see the module documentation).
+    fan_out: AtomicBool,
     /// Requests whose answer is not ready yet (see [`CountRequests`]).
     in_flight: AtomicUsize,
+    /// Answers that became ready, ever.
+    answered: AtomicUsize,
 }
 
 impl Connection {
-    /// From now on the connection's writes leave at each flush, without waiting a round.
-    pub fn flush_at_once(&self) {
-        self.flow.flush_at_once.store(true, Ordering::Relaxed);
+    /// From now on the connection carries a watch stream: a flush waits a round unless an
+    /// answer became ready since the last one.
+    pub fn fan_out(&self) {
+        self.flow.fan_out.store(true, Ordering::Relaxed);
     }
 
     /// Counts a request as in flight until the returned guard is dropped.
@@ -70,6 +79,7 @@ struct InFlight(Arc<Flow>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.0.answered.fetch_add(1, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -129,6 +139,8 @@ pub struct Coalesced<T> {
     written: usize,
     /// The current buffer has been held back for one round of the scheduler.
     yielded: bool,
+    /// `Flow::answered` as the last flush saw it.
+    answers_seen: usize,
 }
 
 impl<T> Coalesced<T> {
@@ -139,13 +151,16 @@ impl<T> Coalesced<T> {
             connection: Connection {
                 identity,
                 flow: Arc::new(Flow {
-                    flush_at_once: AtomicBool::new(!coalesce),
+                    flush_at_once: !coalesce,
+                    fan_out: AtomicBool::new(false),
                     in_flight: AtomicUsize::new(0),
+                    answered: AtomicUsize::new(0),
                 }),
             },
             buffer: Vec::new(),
             written: 0,
             yielded: false,
+            answers_seen: 0,
         }
     }
 }
@@ -172,7 +187,7 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
         if self.buffer.len() + len > BUFFER_LIMIT {
             ready!(self.poll_drain(cx))?;
         }
-        let at_once = self.connection.flow.flush_at_once.load(Ordering::Relaxed);
+        let at_once = self.connection.flow.flush_at_once;
         Poll::Ready(Ok(len > BUFFER_LIMIT || (at_once && self.buffer.is_empty())))
     }
 }
@@ -215,8 +230,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
         let this = &mut *self;
         if !this.buffer.is_empty() {
             let flow = &this.connection.flow;
-            let others_pending = !flow.flush_at_once.load(Ordering::Relaxed)
-                && flow.in_flight.load(Ordering::Relaxed) > 0;
+            let answered = flow.answered.load(Ordering::Relaxed);
+            let new_answers = answered != this.answers_seen;
+            this.answers_seen = answered;
+            let others_pending = if flow.flush_at_once {
+                false
+            } else if flow.fan_out.load(Ordering::Relaxed) {
+                !new_answers
+            } else {
+                flow.in_flight.load(Ordering::Relaxed) > 0
+            };
             if !this.yielded && others_pending {
                 // A task that wakes itself goes to the back of its worker's queue, behind
                 // everything already runnable there.
@@ -318,14 +341,48 @@ mod tests {
         client.write_all(b"b").await.unwrap();
         assert!(Pin::new(&mut client).poll_flush(&mut cx).is_pending());
         assert!(Pin::new(&mut client).poll_flush(&mut cx).is_ready());
+        drop(other);
 
-        connection.flush_at_once();
-        client.write_all(b"c").await.unwrap();
+        let (peer, _server) = tokio::io::duplex(1 << 20);
+        let mut peer = Coalesced::new(peer, ClientIdentity::default(), false);
+        let _call = peer.connect_info().start_request();
+        peer.write_all(b"c").await.unwrap();
+        assert!(
+            Pin::new(&mut peer).poll_flush(&mut cx).is_ready(),
+            "a connection made to flush at once does"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fan_out_connection_waits_a_round_unless_an_answer_became_ready() {
+        let (client, mut server) = tokio::io::duplex(1 << 20);
+        let mut client = Coalesced::new(client, ClientIdentity::default(), true);
+        let connection = client.connect_info();
+        connection.fan_out();
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+
+        client.write_all(b"event ").await.unwrap();
+        assert!(
+            Pin::new(&mut client).poll_flush(&mut cx).is_pending(),
+            "watch events wait a round for the rest of their publish, in flight or not"
+        );
+        client.write_all(b"event ").await.unwrap();
+        assert!(Pin::new(&mut client).poll_flush(&mut cx).is_ready());
+
+        drop(connection.start_request());
+        client.write_all(b"answer ").await.unwrap();
         assert!(
             Pin::new(&mut client).poll_flush(&mut cx).is_ready(),
-            "told to flush at once"
+            "an answer that became ready leaves at once"
         );
-        drop(other);
+
+        client.write_all(b"event").await.unwrap();
+        assert!(Pin::new(&mut client).poll_flush(&mut cx).is_pending());
+        assert!(Pin::new(&mut client).poll_flush(&mut cx).is_ready());
+        let mut got = vec![0u8; 24];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"event event answer event");
     }
 
     /// A service whose answer is ready when the test says so.

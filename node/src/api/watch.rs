@@ -77,7 +77,7 @@ impl Watch for WatchService {
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         if let Some(connection) = request.extensions().get::<Connection>() {
-            connection.flush_at_once();
+            connection.fan_out();
         }
         let (sender, receiver) = mpsc::channel(SEND_BUFFER);
         let session = Session {
