@@ -1,5 +1,7 @@
-//! etcd's `GET /health` and `GET /metrics` over plain HTTP on `--listen-metrics-urls`, with
-//! the expiry of the certificates this member serves; and those expiries for Status.
+//! The plain-HTTP pages etcd serves beside gRPC: `/health`, `/livez`, `/readyz`, `/version`
+//! and `/metrics`, on the client URLs (next to gRPC, see [`router`]) and on
+//! `--listen-metrics-urls` (a small HTTP/1 server of its own, see [`serve`]); with the expiry
+//! of the certificates this member serves, also for Status.
 
 use std::time::{Duration, SystemTime};
 
@@ -7,7 +9,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::api::SharedNode;
+use axum::http::StatusCode;
+
+use crate::api::maintenance::ETCD_API_VERSION;
+use crate::api::{Node, SharedNode};
+use crate::proto::etcdserverpb::AlarmType;
 use crate::security::{expiry, unix_seconds, EXPIRY_WARNING};
 
 /// The longest request head read; `/health` needs no body.
@@ -18,7 +24,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Status errors for certificates that expire within [`EXPIRY_WARNING`] (renewal should have
 /// replaced them long before) or cannot be read.
-pub fn expiring_certificates(node: &crate::api::Node) -> Vec<String> {
+pub fn expiring_certificates(node: &Node) -> Vec<String> {
     let soon = SystemTime::now() + EXPIRY_WARNING;
     node.certificate_files
         .iter()
@@ -35,7 +41,7 @@ pub fn expiring_certificates(node: &crate::api::Node) -> Vec<String> {
 }
 
 /// The `/health` document: etcd's `health` and `reason`, and each certificate's expiry.
-pub fn health_document(node: &crate::api::Node) -> serde_json::Value {
+pub fn health_document(node: &Node) -> serde_json::Value {
     let has_leader = node.raft.metrics().borrow().current_leader.is_some();
     let alarms = !node.store.alarms().is_empty();
     let reason = if !has_leader {
@@ -69,14 +75,14 @@ pub fn health_document(node: &crate::api::Node) -> serde_json::Value {
     })
 }
 
-/// Serves `/health` on `listener` until `stop` turns true.
+/// Serves the pages over HTTP/1 on `listener` (a metrics URL) until `stop` turns true.
 pub async fn serve(listener: TcpListener, node: SharedNode, mut stop: watch::Receiver<bool>) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    tracing::warn!(%error, "accepting a /health connection failed");
+                    tracing::warn!(%error, "accepting a connection on the metrics URL failed");
                     continue;
                 }
             },
@@ -85,13 +91,13 @@ pub async fn serve(listener: TcpListener, node: SharedNode, mut stop: watch::Rec
         let node = node.clone();
         tokio::spawn(async move {
             if let Err(error) = answer(stream, &node).await {
-                tracing::debug!(%error, "a /health request failed");
+                tracing::debug!(%error, "a request on the metrics URL failed");
             }
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, node: &crate::api::Node) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, node: &Node) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut buffer = [0u8; 1024];
     while !head.windows(4).any(|window| window == b"\r\n\r\n") {
@@ -106,37 +112,135 @@ async fn answer(mut stream: TcpStream, node: &crate::api::Node) -> std::io::Resu
     let request_line = String::from_utf8_lossy(&head);
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let mut content_type = "application/json";
-    let (status, body) = match (method, path.split('?').next().unwrap_or("")) {
-        ("GET", "/metrics") => match crate::metrics::render(node) {
-            Ok(text) => {
-                content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-                ("200 OK", text)
-            }
-            Err(_) => (
-                "500 Internal Server Error",
-                "cannot encode the metrics\n".to_owned(),
-            ),
-        },
-        ("GET", "/health") => {
-            let document = health_document(node);
-            let healthy = document["health"] == "true";
-            (
-                if healthy {
-                    "200 OK"
-                } else {
-                    "503 Service Unavailable"
-                },
-                document.to_string(),
-            )
-        }
-        ("GET", _) => ("404 Not Found", "404 page not found\n".to_owned()),
-        _ => ("405 Method Not Allowed", "Method Not Allowed\n".to_owned()),
+    let page = if method == "GET" {
+        page(node, path.split('?').next().unwrap_or("")).await
+    } else {
+        Page::new(StatusCode::METHOD_NOT_ALLOWED, TEXT, "Method Not Allowed\n")
     };
+    let (status, content_type, body) = (page.status, page.content_type, page.body);
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// The paths served, on the client and the metrics URLs alike.
+const PATHS: [&str; 5] = ["/health", "/livez", "/readyz", "/version", "/metrics"];
+
+/// The content type of the plain-text pages.
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// One page's answer.
+struct Page {
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Page {
+    fn new(status: StatusCode, content_type: &'static str, body: impl Into<String>) -> Self {
+        Page {
+            status,
+            content_type,
+            body: body.into(),
+        }
+    }
+
+    /// A check in the form of etcd's `/livez` and `/readyz`: `ok`, or the failed check and
+    /// its reason with 503.
+    fn check(endpoint: &str, failed: Option<(&str, String)>) -> Self {
+        match failed {
+            None => Page::new(StatusCode::OK, TEXT, "ok"),
+            Some((check, reason)) => Page::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                format!("[-]{check} failed: {reason}\n{endpoint} check failed\n"),
+            ),
+        }
+    }
+}
+
+/// The page at `path`: one of [`PATHS`], else 404.
+async fn page(node: &Node, path: &str) -> Page {
+    match path {
+        "/health" => {
+            let document = health_document(node);
+            let status = if document["health"] == "true" {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            Page::new(status, "application/json", document.to_string())
+        }
+        // The process answers: that is what liveness asks.
+        "/livez" => Page::check("livez", None),
+        "/readyz" => {
+            let corrupt = node
+                .store
+                .alarms()
+                .iter()
+                .any(|alarm| alarm.alarm == AlarmType::Corrupt as i32);
+            let failed = if corrupt {
+                Some(("data_corruption", "alarm activated: CORRUPT".to_owned()))
+            } else {
+                match tokio::time::timeout(node.leader_wait, node.read_barrier()).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(status)) => Some(("linearizable_read", status.message().to_owned())),
+                    Err(_) => Some(("linearizable_read", "timed out".to_owned())),
+                }
+            };
+            Page::check("readyz", failed)
+        }
+        "/version" => Page::new(
+            StatusCode::OK,
+            "application/json",
+            serde_json::json!({
+                "etcdserver": ETCD_API_VERSION,
+                "etcdcluster": cluster_version(),
+            })
+            .to_string(),
+        ),
+        "/metrics" => match crate::metrics::render(node) {
+            Ok(text) => Page::new(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text,
+            ),
+            Err(_) => Page::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                TEXT,
+                "cannot encode the metrics\n",
+            ),
+        },
+        _ => Page::new(StatusCode::NOT_FOUND, TEXT, "404 page not found\n"),
+    }
+}
+
+/// etcd's cluster version: the server version's major and minor, patch 0.
+fn cluster_version() -> String {
+    let mut parts = ETCD_API_VERSION.split('.');
+    let major = parts.next().unwrap_or("3");
+    let minor = parts.next().unwrap_or("5");
+    format!("{major}.{minor}.0")
+}
+
+/// The pages as routes beside the gRPC services of a client listener; any other path keeps
+/// gRPC's answer (Unimplemented).
+pub fn router(node: SharedNode) -> axum::Router {
+    PATHS.iter().fold(axum::Router::new(), |router, &path| {
+        let node = node.clone();
+        router.route(
+            path,
+            axum::routing::get(move || async move {
+                let page = page(&node, path).await;
+                (
+                    page.status,
+                    [(axum::http::header::CONTENT_TYPE, page.content_type)],
+                    page.body,
+                )
+            }),
+        )
+    })
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
+use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tower_layer::{Identity, Stack};
 
@@ -324,51 +325,56 @@ pub async fn run(
     }
     for (listener, tls) in listeners.clients {
         let addr = listener.local_addr()?;
+        let services = Routes::new(
+            KvServer::new(KvService::new(node.clone())).max_decoding_message_size(max_decoding),
+        )
+        .add_service(
+            MaintenanceServer::new(MaintenanceService::new(node.clone()))
+                .max_decoding_message_size(max_decoding),
+        )
+        .add_service(
+            ClusterServer::new(ClusterService::new(node.clone()))
+                .max_decoding_message_size(max_decoding),
+        )
+        .add_service(
+            LeaseServer::new(LeaseService::new(node.clone(), stop_rx.clone()))
+                .max_decoding_message_size(max_decoding),
+        )
+        .add_service(
+            LockServer::new(LockService::new(
+                node.clone(),
+                watch_hub.clone(),
+                stop_rx.clone(),
+            ))
+            .max_decoding_message_size(max_decoding),
+        )
+        .add_service(
+            ElectionServer::new(ElectionService::new(
+                node.clone(),
+                watch_hub.clone(),
+                stop_rx.clone(),
+            ))
+            .max_decoding_message_size(max_decoding),
+        )
+        .add_service(
+            // Its streams end when `stop_rx` turns, so the graceful shutdown below
+            // does not wait for them.
+            WatchServer::new(WatchService::new(
+                node.clone(),
+                watch_hub.clone(),
+                watch_settings,
+                stop_rx.clone(),
+            ))
+            .max_decoding_message_size(max_decoding),
+        )
+        .into_axum_router()
+        .merge(crate::health::router(node.clone()));
+        // HTTP/1 too, for the pages (`curl http://127.0.0.1:2379/health`, as with etcd).
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .accept_http1(true)
             .layer(CountRequests)
-            .add_service(
-                KvServer::new(KvService::new(node.clone())).max_decoding_message_size(max_decoding),
-            )
-            .add_service(
-                MaintenanceServer::new(MaintenanceService::new(node.clone()))
-                    .max_decoding_message_size(max_decoding),
-            )
-            .add_service(
-                ClusterServer::new(ClusterService::new(node.clone()))
-                    .max_decoding_message_size(max_decoding),
-            )
-            .add_service(
-                LeaseServer::new(LeaseService::new(node.clone(), stop_rx.clone()))
-                    .max_decoding_message_size(max_decoding),
-            )
-            .add_service(
-                LockServer::new(LockService::new(
-                    node.clone(),
-                    watch_hub.clone(),
-                    stop_rx.clone(),
-                ))
-                .max_decoding_message_size(max_decoding),
-            )
-            .add_service(
-                ElectionServer::new(ElectionService::new(
-                    node.clone(),
-                    watch_hub.clone(),
-                    stop_rx.clone(),
-                ))
-                .max_decoding_message_size(max_decoding),
-            )
-            .add_service(
-                // Its streams end when `stop_rx` turns, so the graceful shutdown below
-                // does not wait for them.
-                WatchServer::new(WatchService::new(
-                    node.clone(),
-                    watch_hub.clone(),
-                    watch_settings,
-                    stop_rx.clone(),
-                ))
-                .max_decoding_message_size(max_decoding),
-            );
+            .add_routes(Routes::from(services));
         servers.push(serve(
             router,
             listener,
@@ -389,7 +395,7 @@ pub async fn run(
             let _ = health.await;
             Ok(())
         }));
-        tracing::info!(%addr, "serving /health");
+        tracing::info!(%addr, "serving /health, /metrics and the other pages");
     }
     let advertiser = advertise(&config);
     tracing::info!(

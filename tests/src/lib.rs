@@ -28,7 +28,7 @@ pub fn cairn_bin() -> PathBuf {
 }
 
 /// The whole HTTP/1.1 response (status line, headers, body) to `GET PATH` on a member's
-/// `--listen-metrics-urls` address.
+/// client or `--listen-metrics-urls` address.
 pub fn http_get(ip: &str, port: u16, path: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect((ip, port))?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;

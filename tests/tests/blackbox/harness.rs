@@ -144,6 +144,11 @@ impl Node {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// The client URL's port.
+    pub fn client_port(&self) -> u16 {
+        self.client_port
+    }
+
     /// The peer URL, `http://127.0.0.1:PORT`.
     pub fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)

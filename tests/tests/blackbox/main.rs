@@ -10,6 +10,7 @@ mod durability;
 mod errors;
 mod etcdctl;
 mod harness;
+mod http;
 mod kv;
 mod lease;
 mod limits;

@@ -149,22 +149,33 @@ impl Member {
         self.child.is_some() && !self.paused && !self.retired
     }
 
-    /// A client of this member alone.
     /// The member's `GET /metrics` document.
     pub async fn metrics(&self) -> Result<String, String> {
-        let host = self.metrics_host.clone();
-        let response = tokio::task::spawn_blocking(move || {
-            cairn_tests::http_get(&host, METRICS_PORT, "/metrics")
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("GET /metrics from {}: {e}", self.name))?;
-        match response.split_once("\r\n\r\n") {
-            Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
-            _ => Err(format!("GET /metrics from {}: {response}", self.name)),
+        match self.page("/metrics").await? {
+            (status, body) if status.starts_with("HTTP/1.1 200") => Ok(body),
+            (status, body) => Err(format!("GET /metrics from {}: {status}\n{body}", self.name)),
         }
     }
 
+    /// The status line and body of `GET path` on the member's metrics URL.
+    pub async fn page(&self, path: &str) -> Result<(String, String), String> {
+        let (host, target) = (self.metrics_host.clone(), path.to_owned());
+        let response = tokio::task::spawn_blocking(move || {
+            cairn_tests::http_get(&host, METRICS_PORT, &target)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("GET {path} from {}: {e}", self.name))?;
+        match response.split_once("\r\n\r\n") {
+            Some((head, body)) => Ok((
+                head.lines().next().unwrap_or_default().to_owned(),
+                body.to_owned(),
+            )),
+            None => Err(format!("GET {path} from {}: {response}", self.name)),
+        }
+    }
+
+    /// A client of this member alone.
     pub async fn client(&self) -> Client {
         connect(&self.client_url, REQUEST_TIMEOUT).await
     }

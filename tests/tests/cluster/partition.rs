@@ -4,7 +4,7 @@
 //! member converges with the rest.
 
 use crate::harness::{
-    expect_ok, linearizable_value, put_acknowledged, value_of, within, Cluster, ClusterSpec,
+    expect_ok, linearizable_value, poll, put_acknowledged, value_of, within, Cluster, ClusterSpec,
     REQUEST_TIMEOUT,
 };
 
@@ -42,6 +42,10 @@ async fn minority_cannot_write_or_read_linearizably(cut: Cut) {
         "the cut-off member {name} served a linearizable read: {read:?}"
     );
 
+    let (status, body) = expect_ok(cluster.member(isolated).page("/readyz").await);
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable", "{body}");
+    assert!(body.contains("[-]linearizable_read failed"), "{body}");
+
     let new_leader = cluster.leader_among(&majority).await;
     println!(
         "leader {} before the cut, {} in the majority after",
@@ -64,6 +68,14 @@ async fn minority_cannot_write_or_read_linearizably(cut: Cut) {
     let all: Vec<usize> = majority.iter().copied().chain([isolated]).collect();
     cluster.leader_among(&all).await;
     cluster.assert_converged(&all).await;
+    let ready = poll("the healed member's /readyz", || async {
+        match cluster.member(isolated).page("/readyz").await? {
+            (status, body) if status == "HTTP/1.1 200 OK" && body == "ok" => Ok(()),
+            answer => Err(format!("{answer:?}")),
+        }
+    })
+    .await;
+    expect_ok(ready);
     for &writer in &majority {
         let key = format!("majority-write/{}", cluster.member(writer).name());
         let read = linearizable_value(&minority, &key).await;
