@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 
 use crate::api::maintenance::ETCD_API_VERSION;
 use crate::api::{Node, SharedNode};
@@ -162,6 +163,17 @@ impl Page {
     }
 }
 
+impl IntoResponse for Page {
+    fn into_response(self) -> axum::response::Response {
+        (
+            self.status,
+            [(axum::http::header::CONTENT_TYPE, self.content_type)],
+            self.body,
+        )
+            .into_response()
+    }
+}
+
 /// The page at `path`: one of [`PATHS`], else 404.
 async fn page(node: &Node, path: &str) -> Page {
     match path {
@@ -226,21 +238,28 @@ fn cluster_version() -> String {
     format!("{major}.{minor}.0")
 }
 
-/// The pages as routes beside the gRPC services of a client listener; any other path keeps
-/// gRPC's answer (Unimplemented).
+/// The pages as routes beside the gRPC services of a client listener (see [`not_found`] for
+/// any other path).
 pub fn router(node: SharedNode) -> axum::Router {
     PATHS.iter().fold(axum::Router::new(), |router, &path| {
         let node = node.clone();
         router.route(
             path,
-            axum::routing::get(move || async move {
-                let page = page(&node, path).await;
-                (
-                    page.status,
-                    [(axum::http::header::CONTENT_TYPE, page.content_type)],
-                    page.body,
-                )
-            }),
+            axum::routing::get(move || async move { page(&node, path).await }),
         )
     })
+}
+
+/// The answer on a client listener to a path nothing serves: gRPC's Unimplemented to a gRPC
+/// call (an unregistered service, such as Auth), etcd's 404 page to anything else.
+pub async fn not_found(headers: axum::http::HeaderMap) -> axum::response::Response {
+    let grpc = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"));
+    if grpc {
+        tonic::Status::unimplemented("").into_http()
+    } else {
+        Page::new(StatusCode::NOT_FOUND, TEXT, "404 page not found\n").into_response()
+    }
 }

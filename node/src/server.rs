@@ -368,7 +368,8 @@ pub async fn run(
             .max_decoding_message_size(max_decoding),
         )
         .into_axum_router()
-        .merge(crate::health::router(node.clone()));
+        .merge(crate::health::router(node.clone()))
+        .fallback(crate::health::not_found);
         // HTTP/1 too, for the pages (`curl http://127.0.0.1:2379/health`, as with etcd).
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)

@@ -3,7 +3,7 @@
 
 use cairn_tests::http_get;
 
-use crate::harness::{Node, NodeOptions};
+use crate::harness::{assert_etcd_error, Node, NodeOptions};
 
 /// `GET path` on the node's client port, split into the status line and the body.
 async fn get(node: &Node, path: &str) -> (String, String) {
@@ -51,9 +51,19 @@ async fn client_url_serves_etcds_http_pages_beside_grpc() {
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(body.contains("\netcd_server_has_leader 1\n"), "{body}");
 
-    // gRPC on the same port is untouched.
+    assert_eq!(
+        get(&node, "/no-such-page").await,
+        (
+            "HTTP/1.1 404 Not Found".to_owned(),
+            "404 page not found\n".to_owned()
+        )
+    );
+
+    // gRPC on the same port is untouched, and a service that is not served (Auth) still
+    // answers as gRPC.
     let mut client = node.client().await;
     client.put("k", "v", None).await.expect("put over gRPC");
     let got = client.get("k", None).await.expect("get over gRPC");
     assert_eq!(got.kvs()[0].value(), b"v");
+    assert_etcd_error(client.user_list().await, tonic::Code::Unimplemented, "");
 }
