@@ -119,13 +119,20 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
+    /// Compacts this member's state file, as etcd defragments its own backend; the other
+    /// members are not involved.
     async fn defragment(
         &self,
         _request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(Status::unimplemented(
-            "cairn: defragment is not supported; space freed by compaction is reused without it",
-        ))
+        let store = self.node.store.clone();
+        tokio::task::spawn_blocking(move || store.defragment())
+            .await
+            .map_err(|error| Status::internal(format!("cairn: defragment failed: {error}")))?
+            .map_err(|error| Status::internal(format!("cairn: defragment failed: {error}")))?;
+        Ok(Response::new(DefragmentResponse {
+            header: Some(self.node.header(self.node.store.current_revision())),
+        }))
     }
 
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {

@@ -10,7 +10,7 @@
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 
-use redb::{Database, ReadOnlyTable};
+use redb::ReadOnlyTable;
 
 use super::codec::{encode_tombstone, NewVersion, Stored, REVISIONS};
 use super::error::{KvError, StoreError};
@@ -25,6 +25,7 @@ use super::range::{
 };
 use super::state::{BatchOutcome, State};
 use super::unflushed::RevisionKey;
+use super::StateFile;
 use crate::proto::cairnpb::{raft_request, raft_response};
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::{
@@ -106,7 +107,7 @@ type FileTable = FileVersions<ReadOnlyTable<&'static [u8; 16], &'static [u8]>>;
 
 pub(crate) struct Batch<'s> {
     base: &'s State,
-    db: &'s Database,
+    db: &'s StateFile,
     /// Opened the first time the batch reads a version that is neither its own nor unflushed.
     file: OnceCell<FileTable>,
     /// Versions the batch stored.
@@ -133,7 +134,7 @@ pub(crate) struct Batch<'s> {
 }
 
 impl<'s> Batch<'s> {
-    pub fn new(base: &'s State, db: &'s Database) -> Self {
+    pub fn new(base: &'s State, db: &'s StateFile) -> Self {
         Batch {
             base,
             db,

@@ -82,4 +82,5 @@ from_redb_errors!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
+    redb::CompactionError,
 );

@@ -40,6 +40,7 @@ mod unflushed;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable};
 
@@ -65,8 +66,24 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// The state file: redb's database behind a lock that only [`Store::defragment`] takes for
+/// writing, since redb compacts a file only while no transaction is open.
+struct StateFile(RwLock<Database>);
+
+impl StateFile {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        let db = self.0.read().expect("state file lock poisoned");
+        Ok(db.begin_read()?)
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        let db = self.0.read().expect("state file lock poisoned");
+        Ok(db.begin_write()?)
+    }
+}
+
 struct Inner {
-    db: Database,
+    db: StateFile,
     path: PathBuf,
     /// std locks rather than tokio's: no critical section awaits and each is short (an index
     /// walk, or publishing a batch), so a blocking lock is cheaper than an async one. A
@@ -176,6 +193,11 @@ impl Drop for Inner {
     }
 }
 
+/// How long [`Store::defragment`] waits for reads of the file that began before it.
+const DEFRAGMENT_WAIT: Duration = Duration::from_secs(5);
+/// How often it checks whether they ended.
+const DEFRAGMENT_POLL: Duration = Duration::from_millis(5);
+
 /// redb's page cache for the state file.
 const STATE_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -206,7 +228,7 @@ impl Store {
         );
         let store = Store {
             inner: Arc::new(Inner {
-                db,
+                db: StateFile(RwLock::new(db)),
                 path: path.to_path_buf(),
                 state: RwLock::new(state),
                 writer: Mutex::new(()),
@@ -292,7 +314,7 @@ impl Store {
             .lock()
             .expect("store writer lock poisoned");
         self.flush(false)?;
-        Ok(self.inner.db.begin_read()?)
+        self.inner.db.begin_read()
     }
 
     /// Registers the one observer of lease changes (the lessor). It is called after each
@@ -383,6 +405,42 @@ impl Store {
     /// by reusing pages freed at each durable commit.
     pub fn db_size_in_use(&self) -> i64 {
         self.db_size()
+    }
+
+    /// etcd's defragment: compacts the state file so that the space compaction and deletes
+    /// freed goes back to the file system (and the file size, which the quota counts, falls).
+    /// Applying, flushing and reads of the file wait meanwhile, as they do in etcd; reads
+    /// that began before have [`DEFRAGMENT_WAIT`] to finish.
+    pub fn defragment(&self) -> Result<(), StoreError> {
+        let _writer = self
+            .inner
+            .writer
+            .lock()
+            .expect("store writer lock poisoned");
+        // What compaction and deletes removed leaves the file first, so its pages are free;
+        // durably, because redb counts every non-durable commit since the last durable one as
+        // an open transaction, and compacts only with none open.
+        self.flush(true)?;
+        let _flusher = self
+            .inner
+            .flusher
+            .lock()
+            .expect("store flusher lock poisoned");
+        let mut db = self.inner.db.0.write().expect("state file lock poisoned");
+        let deadline = Instant::now() + DEFRAGMENT_WAIT;
+        loop {
+            match db.compact() {
+                Ok(_) => break,
+                // No transaction can begin now, so the open ones are about to end.
+                Err(redb::CompactionError::TransactionInProgress) if Instant::now() < deadline => {
+                    std::thread::sleep(DEFRAGMENT_POLL);
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        drop(db);
+        self.inner.measure_file_size();
+        Ok(())
     }
 
     /// A CRC-32 over every stored version up to `revision` (0: the current revision), so that

@@ -1,6 +1,6 @@
 //! Size limits: `--max-request-bytes` and `--quota-backend-bytes` (the NOSPACE alarm).
 
-use etcd_client::{AlarmAction, AlarmType};
+use etcd_client::{AlarmAction, AlarmOptions, AlarmType, Client, DeleteOptions, GetOptions};
 use tonic::Code;
 
 use crate::harness::{assert_etcd_error, Node, NodeOptions};
@@ -25,23 +25,17 @@ async fn request_larger_than_max_request_bytes_is_rejected_and_not_applied() {
         .expect("a request under the limit is accepted");
 }
 
-#[tokio::test]
-async fn exceeding_the_backend_quota_raises_nospace_and_blocks_only_puts() {
-    let options = NodeOptions::default().setting("quota-backend-bytes", &(4 << 20).to_string());
-    let node = Node::start(options).await;
-    let mut c = node.client().await;
-    let value = vec![b'x'; 64 << 10];
-
+/// Puts `value` under `fill/NNNN` keys until the quota refuses one with NOSPACE, after at
+/// least one was accepted.
+async fn fill_until_nospace(c: &mut Client, value: &[u8]) {
     let mut accepted = 0;
     loop {
         assert!(
             accepted < 2000,
-            "2000 puts of 64 KiB never exceeded a 4 MiB quota"
+            "2000 puts of {} bytes never exceeded the quota",
+            value.len()
         );
-        match c
-            .put(format!("fill/{accepted:04}"), value.clone(), None)
-            .await
-        {
+        match c.put(format!("fill/{accepted:04}"), value, None).await {
             Ok(_) => accepted += 1,
             Err(e) => {
                 assert_etcd_error::<()>(Err(e), Code::ResourceExhausted, NO_SPACE);
@@ -50,6 +44,16 @@ async fn exceeding_the_backend_quota_raises_nospace_and_blocks_only_puts() {
         }
     }
     assert!(accepted > 0, "the quota rejected even the first put");
+}
+
+#[tokio::test]
+async fn exceeding_the_backend_quota_raises_nospace_and_blocks_only_puts() {
+    let options = NodeOptions::default().setting("quota-backend-bytes", &(4 << 20).to_string());
+    let node = Node::start(options).await;
+    let mut c = node.client().await;
+    let value = vec![b'x'; 64 << 10];
+
+    fill_until_nospace(&mut c, &value).await;
 
     let read = c.get("fill/0000", None).await.expect("reads still work");
     assert_eq!(read.kvs()[0].value(), &value[..]);
@@ -75,4 +79,53 @@ async fn exceeding_the_backend_quota_raises_nospace_and_blocks_only_puts() {
         .map(|a| (a.member_id(), a.alarm()))
         .collect();
     assert_eq!(raised, [(member, AlarmType::Nospace)]);
+}
+
+/// etcd's documented way out of NOSPACE: delete, compact, defragment, disarm.
+#[tokio::test]
+async fn nospace_is_cleared_by_compacting_defragmenting_and_disarming() {
+    let options = NodeOptions::default().setting("quota-backend-bytes", &(4 << 20).to_string());
+    let node = Node::start(options).await;
+    let mut c = node.client().await;
+    let value = vec![b'x'; 64 << 10];
+    c.put("keep", "kept", None).await.expect("put");
+    fill_until_nospace(&mut c, &value).await;
+
+    let full = c.status().await.expect("status");
+    let member = full.header().expect("header").member_id();
+    let deleted = c
+        .delete("fill/", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .expect("deletes work under NOSPACE");
+    let revision = deleted.header().expect("header").revision();
+    c.compact(revision, None).await.expect("compact");
+    c.defragment().await.expect("defragment");
+
+    let defragmented = c.status().await.expect("status");
+    assert!(
+        defragmented.db_size() * 2 < full.db_size(),
+        "defragmenting after deleting and compacting everything left {} of {} bytes",
+        defragmented.db_size(),
+        full.db_size()
+    );
+    let mut disarm = AlarmOptions::new();
+    disarm.with_member(member);
+    c.alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(disarm))
+        .await
+        .expect("disarm");
+    c.put("after", "v", None)
+        .await
+        .expect("a put after disarming");
+    for (key, value) in [("after", "v"), ("keep", "kept")] {
+        let read = c.get(key, None).await.expect("get");
+        assert_eq!(read.kvs()[0].value(), value.as_bytes(), "{key}");
+    }
+    let left = c
+        .get(
+            "fill/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .expect("count");
+    assert_eq!(left.count(), 0);
 }
