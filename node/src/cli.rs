@@ -150,6 +150,24 @@ pub struct ClientCertArgs {
     pub data_dir: PathBuf,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Load a backup that `etcdctl snapshot save` took from a Cairn member into a new data
+    /// directory; a member started on it with `--initial-cluster-state new` founds a new
+    /// cluster holding that data (restore every member of the new cluster from the same file).
+    Restore(SnapshotRestoreArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotRestoreArgs {
+    /// The file `etcdctl snapshot save` wrote.
+    pub file: PathBuf,
+
+    /// The new member's data directory; it must not hold a member's store or log yet.
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    pub data_dir: PathBuf,
+}
+
 #[derive(Args, Debug)]
 pub struct DiscoverArgs {
     /// How long to listen, in seconds.
@@ -562,4 +580,40 @@ pub fn discover(args: &DiscoverArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `cairn snapshot restore`: checks the backup, then writes it as the store of a new member.
+pub fn snapshot_restore(args: &SnapshotRestoreArgs) -> anyhow::Result<()> {
+    let data_dir = &args.data_dir;
+    for file in [crate::raft::STATE_FILE, crate::raft::LOG_FILE] {
+        if data_dir.join(file).exists() {
+            bail!(
+                "{} already holds a member ({file}); restore into a new data directory",
+                data_dir.display()
+            );
+        }
+    }
+    let backup = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read the backup {}", args.file.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let state_file = data_dir.join(crate::raft::STATE_FILE);
+    let restored =
+        crate::store::Store::open(&state_file).and_then(|store| store.restore_backup(&backup));
+    match restored {
+        Ok(revision) => {
+            println!(
+                "restored revision {revision} from {} into {}; start the member on it with \
+                 --initial-cluster-state new",
+                args.file.display(),
+                data_dir.display()
+            );
+            Ok(())
+        }
+        Err(error) => {
+            // Nothing half-restored is left for a member to start on.
+            let _ = std::fs::remove_file(&state_file);
+            Err(error).with_context(|| format!("cannot restore {}", args.file.display()))
+        }
+    }
 }

@@ -50,6 +50,9 @@ enum Command {
     Cert(cli::CertCommand),
     /// List the Cairn members that announce themselves over mDNS on this network.
     Discover(cli::DiscoverArgs),
+    /// Restore a backup taken with `etcdctl snapshot save`.
+    #[command(subcommand)]
+    Snapshot(cli::SnapshotCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,6 +87,9 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Token(args)) => runtime.block_on(cli::token(&args)),
         Some(Command::Cert(cli::CertCommand::Client(args))) => cli::client_cert(&args),
         Some(Command::Discover(args)) => cli::discover(&args),
+        Some(Command::Snapshot(cli::SnapshotCommand::Restore(args))) => {
+            cli::snapshot_restore(&args)
+        }
         None => {
             set_up_logging(&cli.server.log_level);
             serve(&runtime, &cli.server)

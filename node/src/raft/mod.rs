@@ -85,6 +85,11 @@ pub enum Bootstrap {
     Existing,
 }
 
+/// The Raft log's file in a member's data directory.
+pub const LOG_FILE: &str = "raft.wal";
+/// The store's file in a member's data directory.
+pub const STATE_FILE: &str = "state.redb";
+
 /// Opens the storage in `data_dir` and starts Raft.
 pub async fn start(
     data_dir: &Path,
@@ -94,8 +99,8 @@ pub async fn start(
     settings: &RaftSettings,
 ) -> anyhow::Result<RaftNode> {
     std::fs::create_dir_all(data_dir)?;
-    let log = LogStore::open(&data_dir.join("raft.wal"))?;
-    let store = Store::open(&data_dir.join("state.redb"))?;
+    let log = LogStore::open(&data_dir.join(LOG_FILE))?;
+    let store = Store::open(&data_dir.join(STATE_FILE))?;
     let state_machine = state_machine::StateMachine::new(store.clone())?;
 
     let heartbeat = settings.heartbeat_interval.as_millis() as u64;

@@ -26,6 +26,7 @@
 //! the published index before.
 
 mod apply;
+mod backup;
 mod codec;
 mod error;
 mod history;
@@ -502,7 +503,28 @@ impl Store {
 
     /// Replaces the whole state with `snapshot`; durable when it returns.
     pub fn install_snapshot(&self, snapshot: &[u8]) -> Result<(), StoreError> {
-        let records = parse_snapshot(snapshot)?;
+        self.install_records(&parse_snapshot(snapshot)?)
+    }
+
+    /// The whole store as a backup file (see [`backup`]): what etcd's Snapshot call sends.
+    pub fn backup(&self) -> Result<Vec<u8>, StoreError> {
+        Ok(backup::encode(self.snapshot()?))
+    }
+
+    /// Loads a backup (a [`Store::backup`] saved with `etcdctl snapshot save`) as the state
+    /// of a member that will found a new cluster: every version, lease and alarm, but not the
+    /// Raft position of the cluster it came from, so that Raft starts afresh on top of it.
+    /// Durable when it returns; answers the restored revision.
+    pub fn restore_backup(&self, backup: &[u8]) -> Result<i64, StoreError> {
+        let records: Vec<SnapshotRecord<'_>> = parse_snapshot(backup::decode(backup)?)?
+            .into_iter()
+            .filter(|record| !matches!(record, SnapshotRecord::Meta(META_RAFT, _)))
+            .collect();
+        self.install_records(&records)?;
+        Ok(self.current_revision())
+    }
+
+    fn install_records(&self, records: &[SnapshotRecord<'_>]) -> Result<(), StoreError> {
         let mut builder = StateBuilder::new();
         let state = records
             .iter()
@@ -533,7 +555,7 @@ impl Store {
             let mut revisions = txn.open_table(REVISIONS)?;
             let mut meta = txn.open_table(META)?;
             let mut leases = txn.open_table(LEASES)?;
-            for record in &records {
+            for record in records {
                 match *record {
                     SnapshotRecord::Meta(name, value) => meta.insert(name, value)?,
                     SnapshotRecord::Version(revision, value) => {

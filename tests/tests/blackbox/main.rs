@@ -5,6 +5,7 @@
 //! The binary is `$CAIRN_BIN`, else `target/debug/cairn` (`cargo build -p cairn`).
 //! `etcdctl` comes from `scripts/install-test-deps.sh`.
 
+mod backup;
 mod cli;
 mod durability;
 mod errors;
