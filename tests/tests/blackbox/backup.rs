@@ -6,26 +6,12 @@ use std::path::Path;
 use std::process::Output;
 
 use etcd_client::GetOptions;
-use tokio::process::Command;
 
 use crate::etcdctl::Etcdctl;
-use crate::harness::{cairn_bin, put, revision, Node, NodeOptions, DEADLINE};
+use crate::harness::{put, revision, Node, NodeOptions};
 
-/// `cairn snapshot restore FILE --data-dir DIR`.
-async fn restore(file: &Path, data_dir: &Path) -> Output {
-    let run = Command::new(cairn_bin())
-        .arg("snapshot")
-        .arg("restore")
-        .arg(file)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_BACKTRACE", "0")
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(DEADLINE, run)
-        .await
-        .expect("`cairn snapshot restore` finishes")
-        .expect("run cairn snapshot restore")
+fn restore(file: &Path, data_dir: &Path) -> Output {
+    cairn_tests::restore_backup(file, data_dir).expect("run cairn snapshot restore")
 }
 
 #[tokio::test]
@@ -51,7 +37,7 @@ async fn a_snapshot_saved_with_etcdctl_restores_into_a_new_member_with_its_histo
         .await;
     assert!(saved.contains("Snapshot saved at"), "{saved}");
 
-    let refused = restore(&backup, &source.data_dir()).await;
+    let refused = restore(&backup, &source.data_dir());
     assert!(
         !refused.status.success(),
         "restored over a member: {refused:?}"
@@ -64,7 +50,7 @@ async fn a_snapshot_saved_with_etcdctl_restores_into_a_new_member_with_its_histo
     let damaged_file = files.path().join("damaged.db");
     std::fs::write(&damaged_file, damaged).expect("write the damaged copy");
     let untouched = files.path().join("untouched");
-    let refused = restore(&damaged_file, &untouched).await;
+    let refused = restore(&damaged_file, &untouched);
     assert!(
         !refused.status.success(),
         "restored a damaged backup: {refused:?}"
@@ -79,7 +65,7 @@ async fn a_snapshot_saved_with_etcdctl_restores_into_a_new_member_with_its_histo
     let mut target = Node::start(NodeOptions::default()).await;
     target.terminate().await;
     std::fs::remove_dir_all(target.data_dir()).expect("empty the new member's data dir");
-    let restored = restore(&backup, &target.data_dir()).await;
+    let restored = restore(&backup, &target.data_dir());
     assert!(restored.status.success(), "{restored:?}");
     target.restart().await;
 

@@ -200,6 +200,11 @@ impl Member {
         self.paused = false;
     }
 
+    /// The member's data dir (kept across restarts).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// Starts the stopped member again on its data dir and waits until it is ready.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "restart() needs a stopped member");
@@ -277,7 +282,7 @@ impl Member {
             ClusterState::New => "new",
             ClusterState::Existing => "existing",
         };
-        let data_dir = self.dir.path().join("data");
+        let data_dir = self.data_dir();
         let settings = [
             ("name", self.name.as_str()),
             ("data-dir", &data_dir.display().to_string()),
@@ -419,6 +424,30 @@ impl Cluster {
             }
         }
         cluster
+    }
+
+    /// Starts every member, all stopped, at once (none can be ready before a quorum runs)
+    /// and waits until each is ready.
+    pub async fn restart_all(&mut self) {
+        let offsets: Vec<u64> = self
+            .members
+            .iter_mut()
+            .map(|member| {
+                assert!(
+                    member.child.is_none(),
+                    "restart_all() needs stopped members"
+                );
+                member.spawn()
+            })
+            .collect();
+        for (member, offset) in self.members.iter_mut().zip(offsets) {
+            match member.wait_ready(offset).await {
+                Ok(()) => {}
+                // The killed process's sockets held the address: try this one alone again.
+                Err(LaunchError::AddressInUse) => member.restart().await,
+                Err(LaunchError::Failed(why)) => member.fail(&why),
+            }
+        }
     }
 
     /// Member `index` (in the order started, from 0).

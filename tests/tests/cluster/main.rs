@@ -6,6 +6,7 @@
 //! tests use network namespaces: they need root and `ip` (`scripts/install-test-deps.sh`).
 //! Clusters run one at a time (see [`harness`]).
 
+mod backup;
 mod failover;
 mod faults;
 mod harness;
