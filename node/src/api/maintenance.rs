@@ -161,8 +161,9 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
-    /// This member's whole store as one [`crate::store::Store::backup`], in chunks: what `etcdctl snapshot save` writes to its file, and `cairn snapshot
-    /// restore` loads (etcdctl's own restore expects a bbolt file and cannot).
+    /// This member's whole store as one [`crate::store::Store::backup`], in chunks: what
+    /// `etcdctl snapshot save` writes to its file and `cairn snapshot restore` loads
+    /// (etcdctl's own restore expects a bbolt file and cannot).
     async fn snapshot(
         &self,
         _request: Request<SnapshotRequest>,

@@ -39,8 +39,8 @@ pub fn decode(backup: &[u8]) -> Result<&[u8], StoreError> {
         return Err(invalid("SHA-256 mismatch (damaged or cut short)"));
     }
     let (padded, length) = framed.split_at(framed.len() - LENGTH_BYTES);
-    let length = u64::from_be_bytes(length.try_into().expect("8 bytes"));
-    let length = usize::try_from(length)
+    let length: [u8; LENGTH_BYTES] = length.try_into().map_err(|_| invalid("no length field"))?;
+    let length = usize::try_from(u64::from_be_bytes(length))
         .ok()
         .filter(|&length| length <= padded.len())
         .ok_or_else(|| invalid("its length field is past its end"))?;
