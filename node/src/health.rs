@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use axum::extract::RawQuery;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
@@ -41,17 +42,59 @@ pub fn expiring_certificates(node: &Node) -> Vec<String> {
         .collect()
 }
 
+/// What `/health` is asked, from its query string as etcd reads it: `exclude=ALARM` (any
+/// number of times) ignores that alarm, `serializable=true` skips the leader check and reads
+/// without a quorum.
+#[derive(Debug, Default, PartialEq)]
+struct HealthQuery {
+    excluded: Vec<String>,
+    serializable: bool,
+}
+
+impl HealthQuery {
+    fn parse(query: &str) -> HealthQuery {
+        let mut parsed = HealthQuery::default();
+        for (name, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
+            match name {
+                "exclude" if !value.is_empty() => parsed.excluded.push(value.to_owned()),
+                "serializable" => parsed.serializable = value == "true",
+                _ => {}
+            }
+        }
+        parsed
+    }
+}
+
+/// Why `/health` fails, in etcd's words; `None` when healthy. Alarms first, then (unless
+/// serializable) the leader, then a read: linearizable unless serializable, as etcd's range.
+async fn unhealthy(node: &Node, query: &HealthQuery) -> Option<&'static str> {
+    let alarm = node.store.alarms().iter().find_map(|alarm| {
+        let (name, reason) = match AlarmType::try_from(alarm.alarm) {
+            Ok(AlarmType::Nospace) => ("NOSPACE", "ALARM NOSPACE"),
+            Ok(AlarmType::Corrupt) => ("CORRUPT", "ALARM CORRUPT"),
+            _ => ("UNKNOWN", "ALARM UNKNOWN"),
+        };
+        (!query.excluded.iter().any(|excluded| excluded == name)).then_some(reason)
+    });
+    if alarm.is_some() {
+        return alarm;
+    }
+    if query.serializable {
+        // A local read of the store cannot fail short of the process failing.
+        return None;
+    }
+    if node.raft.metrics().borrow().current_leader.is_none() {
+        return Some("RAFT NO LEADER");
+    }
+    match tokio::time::timeout(node.leader_wait, node.read_barrier()).await {
+        Ok(Ok(())) => None,
+        _ => Some("QGET ERROR"),
+    }
+}
+
 /// The `/health` document: etcd's `health` and `reason`, and each certificate's expiry.
-pub fn health_document(node: &Node) -> serde_json::Value {
-    let has_leader = node.raft.metrics().borrow().current_leader.is_some();
-    let alarms = !node.store.alarms().is_empty();
-    let reason = if !has_leader {
-        "RAFT NO LEADER"
-    } else if alarms {
-        "ALARM ACTIVE"
-    } else {
-        ""
-    };
+async fn health_document(node: &Node, query: &HealthQuery) -> serde_json::Value {
+    let reason = unhealthy(node, query).await.unwrap_or("");
     let certificates: Vec<serde_json::Value> = node
         .certificate_files
         .iter()
@@ -114,7 +157,8 @@ async fn answer(mut stream: TcpStream, node: &Node) -> std::io::Result<()> {
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let page = if method == "GET" {
-        page(node, path.split('?').next().unwrap_or("")).await
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        page(node, path, query).await
     } else {
         Page::new(StatusCode::METHOD_NOT_ALLOWED, TEXT, "Method Not Allowed\n")
     };
@@ -174,11 +218,11 @@ impl IntoResponse for Page {
     }
 }
 
-/// The page at `path`: one of [`PATHS`], else 404.
-async fn page(node: &Node, path: &str) -> Page {
+/// The page at `path` with `query` (the part after `?`): one of [`PATHS`], else 404.
+async fn page(node: &Node, path: &str, query: &str) -> Page {
     match path {
         "/health" => {
-            let document = health_document(node);
+            let document = health_document(node, &HealthQuery::parse(query)).await;
             let status = if document["health"] == "true" {
                 StatusCode::OK
             } else {
@@ -245,7 +289,9 @@ pub fn router(node: SharedNode) -> axum::Router {
         let node = node.clone();
         router.route(
             path,
-            axum::routing::get(move || async move { page(&node, path).await }),
+            axum::routing::get(move |RawQuery(query): RawQuery| async move {
+                page(&node, path, query.as_deref().unwrap_or("")).await
+            }),
         )
     })
 }
@@ -261,5 +307,29 @@ pub async fn not_found(headers: axum::http::HeaderMap) -> axum::response::Respon
         tonic::Status::unimplemented("").into_http()
     } else {
         Page::new(StatusCode::NOT_FOUND, TEXT, "404 page not found\n").into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HealthQuery;
+
+    #[test]
+    fn the_health_query_reads_etcds_parameters() {
+        assert_eq!(HealthQuery::parse(""), HealthQuery::default());
+        assert_eq!(
+            HealthQuery::parse("exclude=NOSPACE&serializable=true&exclude=&other=1"),
+            HealthQuery {
+                excluded: vec!["NOSPACE".to_owned()],
+                serializable: true,
+            }
+        );
+        assert_eq!(
+            HealthQuery::parse("serializable=false&exclude=NOSPACE&exclude=CORRUPT"),
+            HealthQuery {
+                excluded: vec!["NOSPACE".to_owned(), "CORRUPT".to_owned()],
+                serializable: false,
+            }
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Size limits: `--max-request-bytes` and `--quota-backend-bytes` (the NOSPACE alarm).
 
+use cairn_tests::http_get;
 use etcd_client::{AlarmAction, AlarmOptions, AlarmType, Client, DeleteOptions, GetOptions};
 use tonic::Code;
 
@@ -79,6 +80,20 @@ async fn exceeding_the_backend_quota_raises_nospace_and_blocks_only_puts() {
         .map(|a| (a.member_id(), a.alarm()))
         .collect();
     assert_eq!(raised, [(member, AlarmType::Nospace)]);
+
+    // etcd's /health names the alarm, and a probe may exclude it (as kubeadm's does).
+    let port = node.client_port();
+    let health = http_get("127.0.0.1", port, "/health").expect("GET /health");
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    assert!(health.contains(r#""reason":"ALARM NOSPACE""#), "{health}");
+    let excluded = http_get(
+        "127.0.0.1",
+        port,
+        "/health?exclude=NOSPACE&serializable=true",
+    )
+    .expect("GET /health excluding NOSPACE");
+    assert!(excluded.starts_with("HTTP/1.1 200"), "{excluded}");
+    assert!(excluded.contains(r#""health":"true""#), "{excluded}");
 }
 
 /// etcd's documented way out of NOSPACE: delete, compact, defragment, disarm.

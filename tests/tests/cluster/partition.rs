@@ -45,6 +45,22 @@ async fn minority_cannot_write_or_read_linearizably(cut: Cut) {
     let (status, body) = expect_ok(cluster.member(isolated).page("/readyz").await);
     assert_eq!(status, "HTTP/1.1 503 Service Unavailable", "{body}");
     assert!(body.contains("[-]linearizable_read failed"), "{body}");
+    let (status, body) = expect_ok(cluster.member(isolated).page("/health").await);
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable", "{body}");
+    assert!(
+        body.contains(r#""reason":"QGET ERROR""#) || body.contains(r#""reason":"RAFT NO LEADER""#),
+        "{body}"
+    );
+    let (status, body) = expect_ok(
+        cluster
+            .member(isolated)
+            .page("/health?serializable=true")
+            .await,
+    );
+    assert_eq!(
+        status, "HTTP/1.1 200 OK",
+        "a local read needs no quorum: {body}"
+    );
 
     let new_leader = cluster.leader_among(&majority).await;
     println!(
