@@ -51,7 +51,6 @@ pub struct Connection {
 /// What decides whether a flush waits a round.
 #[derive(Debug)]
 struct Flow {
-    flush_at_once: bool,
     /// The connection carries a watch stream (see the module documentation).
     fan_out: AtomicBool,
     /// Requests whose answer is not ready yet (see [`CountRequests`]).
@@ -141,6 +140,8 @@ pub struct Coalesced<T> {
     yielded: bool,
     /// `Flow::answered` as the last flush saw it.
     answers_seen: usize,
+    /// Every write leaves at the next flush, without waiting a round (`coalesce` off).
+    flush_at_once: bool,
 }
 
 impl<T> Coalesced<T> {
@@ -151,7 +152,6 @@ impl<T> Coalesced<T> {
             connection: Connection {
                 identity,
                 flow: Arc::new(Flow {
-                    flush_at_once: !coalesce,
                     fan_out: AtomicBool::new(false),
                     in_flight: AtomicUsize::new(0),
                     answered: AtomicUsize::new(0),
@@ -161,6 +161,7 @@ impl<T> Coalesced<T> {
             written: 0,
             yielded: false,
             answers_seen: 0,
+            flush_at_once: !coalesce,
         }
     }
 }
@@ -187,7 +188,7 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
         if self.buffer.len() + len > BUFFER_LIMIT {
             ready!(self.poll_drain(cx))?;
         }
-        let at_once = self.connection.flow.flush_at_once;
+        let at_once = self.flush_at_once;
         Poll::Ready(Ok(len > BUFFER_LIMIT || (at_once && self.buffer.is_empty())))
     }
 }
@@ -233,7 +234,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
             let answered = flow.answered.load(Ordering::Relaxed);
             let new_answers = answered != this.answers_seen;
             this.answers_seen = answered;
-            let others_pending = if flow.flush_at_once {
+            let others_pending = if this.flush_at_once {
                 false
             } else if flow.fan_out.load(Ordering::Relaxed) {
                 !new_answers

@@ -26,6 +26,14 @@ async fn request_larger_than_max_request_bytes_is_rejected_and_not_applied() {
         .expect("a request under the limit is accepted");
 }
 
+/// A node with a 4 MiB quota, and a client of it.
+async fn start_with_small_quota() -> (Node, Client) {
+    let options = NodeOptions::default().setting("quota-backend-bytes", &(4 << 20).to_string());
+    let node = Node::start(options).await;
+    let client = node.client().await;
+    (node, client)
+}
+
 /// Puts `value` under `fill/NNNN` keys until the quota refuses one with NOSPACE, after at
 /// least one was accepted.
 async fn fill_until_nospace(c: &mut Client, value: &[u8]) {
@@ -49,9 +57,7 @@ async fn fill_until_nospace(c: &mut Client, value: &[u8]) {
 
 #[tokio::test]
 async fn exceeding_the_backend_quota_raises_nospace_and_blocks_only_puts() {
-    let options = NodeOptions::default().setting("quota-backend-bytes", &(4 << 20).to_string());
-    let node = Node::start(options).await;
-    let mut c = node.client().await;
+    let (node, mut c) = start_with_small_quota().await;
     let value = vec![b'x'; 64 << 10];
 
     fill_until_nospace(&mut c, &value).await;
@@ -99,9 +105,7 @@ async fn exceeding_the_backend_quota_raises_nospace_and_blocks_only_puts() {
 /// etcd's documented way out of NOSPACE: delete, compact, defragment, disarm.
 #[tokio::test]
 async fn nospace_is_cleared_by_compacting_defragmenting_and_disarming() {
-    let options = NodeOptions::default().setting("quota-backend-bytes", &(4 << 20).to_string());
-    let node = Node::start(options).await;
-    let mut c = node.client().await;
+    let (_node, mut c) = start_with_small_quota().await;
     let value = vec![b'x'; 64 << 10];
     c.put("keep", "kept", None).await.expect("put");
     fill_until_nospace(&mut c, &value).await;
