@@ -35,6 +35,7 @@ use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
+use crate::authority::AuthorityFix;
 use crate::security::tls::ClientIdentity;
 
 /// Above this many waiting bytes a write goes out at once, without waiting for the flush.
@@ -142,6 +143,11 @@ pub struct Coalesced<T> {
     answers_seen: usize,
     /// Every write leaves at the next flush, without waiting a round (`coalesce` off).
     flush_at_once: bool,
+    /// The read side: what etcdctl 3.4 sends as `:authority` is made acceptable to h2.
+    authority: AuthorityFix,
+    /// Bytes read and fixed, not yet taken by HTTP/2, from `read_at` on.
+    readable: Vec<u8>,
+    read_at: usize,
 }
 
 impl<T> Coalesced<T> {
@@ -162,6 +168,9 @@ impl<T> Coalesced<T> {
             yielded: false,
             answers_seen: 0,
             flush_at_once: !coalesce,
+            authority: AuthorityFix::default(),
+            readable: Vec::new(),
+            read_at: 0,
         }
     }
 }
@@ -261,13 +270,42 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
     }
 }
 
+/// How much a read takes from the socket while the authority fix looks at the bytes.
+const READ_CHUNK: usize = 16 * 1024;
+
 impl<T: AsyncRead + Unpin> AsyncRead for Coalesced<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        loop {
+            if this.read_at < this.readable.len() {
+                let n = buf.remaining().min(this.readable.len() - this.read_at);
+                buf.put_slice(&this.readable[this.read_at..this.read_at + n]);
+                this.read_at += n;
+                if this.read_at == this.readable.len() {
+                    this.readable.clear();
+                    this.read_at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.authority.passes_through() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let mut chunk = [0; READ_CHUNK];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                this.authority.finish(&mut this.readable);
+                if this.readable.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+            } else {
+                this.authority.feed(read.filled(), &mut this.readable);
+            }
+        }
     }
 }
 

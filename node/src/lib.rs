@@ -28,6 +28,7 @@
 //! - [`bench`]: `cairn bench`, an etcd `benchmark`-style load generator for any etcd endpoint.
 
 pub mod api;
+pub mod authority;
 pub mod bench;
 pub mod cli;
 pub mod coalesce;

@@ -241,29 +241,50 @@ async fn etcdctl_get_below_a_compaction_shows_the_compaction_error() {
     );
 }
 
+/// etcdctl 3.4 dials each endpoint of `endpoint status`, `endpoint hashkv` and `defrag` on
+/// its own and then sends an endpoint written as a URL as the HTTP/2 `:authority`; both forms
+/// of the endpoint must work.
 #[tokio::test]
-async fn etcdctl_endpoint_status_reports_version_db_size_and_leader() {
+async fn etcdctl_endpoint_status_hashkv_and_defrag_work_with_urls_and_addresses() {
     let node = Node::start(NodeOptions::default()).await;
-    let ctl = Etcdctl::by_address(&node);
+    Etcdctl::new(&node).ok(&["put", "k", "v"]).await;
+    for ctl in [Etcdctl::new(&node), Etcdctl::by_address(&node)] {
+        let json = ctl.json(&["endpoint", "status"]).await;
+        let statuses = json.as_array().expect("a list of endpoint statuses");
+        assert_eq!(statuses.len(), 1, "{json}");
+        let status = &statuses[0];
+        assert_eq!(str_at(status, "/Endpoint"), ctl.endpoint);
+        let version = str_at(status, "/Status/version");
+        let parts: Vec<u64> = version
+            .split('.')
+            .map(|p| p.parse().unwrap_or_else(|_| panic!("version {version:?}")))
+            .collect();
+        assert!(
+            parts.as_slice() >= [3, 5, 13].as_slice(),
+            "version {version} is below 3.5.13"
+        );
+        assert!(i64_at(status, "/Status/dbSize") > 0, "{status}");
+        let member = u64_at(status, "/Status/header/member_id");
+        assert_eq!(u64_at(status, "/Status/leader"), member);
+        assert!(u64_at(status, "/Status/raftTerm") > 0, "{status}");
+        let revision = i64_at(status, "/Status/header/revision");
 
-    let json = ctl.json(&["endpoint", "status"]).await;
-    let statuses = json.as_array().expect("a list of endpoint statuses");
-    assert_eq!(statuses.len(), 1, "{json}");
-    let status = &statuses[0];
-    assert_eq!(str_at(status, "/Endpoint"), ctl.endpoint);
-    let version = str_at(status, "/Status/version");
-    let parts: Vec<u64> = version
-        .split('.')
-        .map(|p| p.parse().unwrap_or_else(|_| panic!("version {version:?}")))
-        .collect();
-    assert!(
-        parts.as_slice() >= [3, 5, 13].as_slice(),
-        "version {version} is below 3.5.13"
-    );
-    assert!(i64_at(status, "/Status/dbSize") > 0, "{status}");
-    let member = u64_at(status, "/Status/header/member_id");
-    assert_eq!(u64_at(status, "/Status/leader"), member);
-    assert!(u64_at(status, "/Status/raftTerm") > 0, "{status}");
+        let json = ctl.json(&["endpoint", "hashkv"]).await;
+        assert_eq!(str_at(&json[0], "/Endpoint"), ctl.endpoint, "{json}");
+        assert!(u64_at(&json[0], "/HashKV/hash") > 0, "{json}");
+        assert_eq!(
+            i64_at(&json[0], "/HashKV/header/revision"),
+            revision,
+            "{json}"
+        );
+
+        let defragmented = ctl.ok(&["defrag"]).await;
+        assert_eq!(
+            defragmented,
+            format!("Finished defragmenting etcd member[{}]\n", ctl.endpoint)
+        );
+    }
+    assert_eq!(Etcdctl::new(&node).ok(&["get", "k"]).await, "k\nv\n");
 }
 
 #[tokio::test]
