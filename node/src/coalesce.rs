@@ -270,9 +270,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
     }
 }
 
-/// How much a read takes from the socket while the authority fix looks at the bytes.
-const READ_CHUNK: usize = 16 * 1024;
-
 impl<T: AsyncRead + Unpin> AsyncRead for Coalesced<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -294,16 +291,19 @@ impl<T: AsyncRead + Unpin> AsyncRead for Coalesced<T> {
             if this.authority.passes_through() {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
-            let mut chunk = [0; READ_CHUNK];
-            let mut read = ReadBuf::new(&mut chunk);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
-            if read.filled().is_empty() {
+            // Read into the caller's buffer, take the new bytes back out through the fix,
+            // and hand on what it lets through.
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            let read = &buf.filled()[before..];
+            if read.is_empty() {
                 this.authority.finish(&mut this.readable);
                 if this.readable.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
             } else {
-                this.authority.feed(read.filled(), &mut this.readable);
+                this.authority.feed(read, &mut this.readable);
+                buf.set_filled(before);
             }
         }
     }
@@ -458,6 +458,35 @@ mod tests {
         answer.send(()).unwrap();
         call.await.unwrap();
         assert_eq!(connection.flow.in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn reads_pass_through_the_authority_fix_in_small_pieces() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut server = Coalesced::new(server, ClientIdentity::default(), true);
+        let mut sent = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let block = [&[0x41, 21][..], b"http://127.0.0.1:2379"].concat();
+        sent.extend_from_slice(&[0, 0, block.len() as u8, 0x1, 0x5, 0, 0, 0, 1]);
+        sent.extend_from_slice(&block);
+        sent.extend_from_slice(&[0, 0, 100, 0x0, 0x1, 0, 0, 0, 1]);
+        sent.extend_from_slice(&[7; 100]);
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            sent
+        });
+        let mut got = Vec::new();
+        let mut piece = [0; 10];
+        loop {
+            let n = server.read(&mut piece).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&piece[..n]);
+        }
+        let mut expected = writer.await.unwrap();
+        let at = expected.windows(7).position(|w| w == b"http://").unwrap();
+        expected[at..at + 7].copy_from_slice(b"http:_@");
+        assert_eq!(got, expected);
     }
 
     #[tokio::test]
