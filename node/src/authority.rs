@@ -42,6 +42,8 @@ pub struct AuthorityFix {
     held: Vec<u8>,
     /// Where the current frame starts in `held`.
     frame_at: usize,
+    /// The last authority that needed no rewriting, as coded on the wire.
+    valid: Vec<u8>,
 }
 
 #[derive(Default, PartialEq)]
@@ -157,7 +159,7 @@ impl AuthorityFix {
             self.frame_at = self.held.len();
             return input;
         }
-        match rewrite_frames(&self.held) {
+        match rewrite_frames(&self.held, &mut self.valid) {
             Some(frames) => {
                 out.extend_from_slice(&frames);
                 self.held.clear();
@@ -177,7 +179,7 @@ fn frame_length(header: &[u8]) -> usize {
 /// The HEADERS frame (with its CONTINUATION frames) in `frames`, rebuilt around a rewritten
 /// header block; `None` when nothing needs rewriting or the frames are malformed (h2 then
 /// answers them as they are).
-fn rewrite_frames(frames: &[u8]) -> Option<Vec<u8>> {
+fn rewrite_frames(frames: &[u8], valid: &mut Vec<u8>) -> Option<Vec<u8>> {
     let (stream, flags) = (&frames[5..9], frames[4]);
     let mut block = Vec::new();
     let mut priority: &[u8] = &[];
@@ -198,7 +200,7 @@ fn rewrite_frames(frames: &[u8]) -> Option<Vec<u8>> {
         block.extend_from_slice(payload);
         at += FRAME_HEADER + length;
     }
-    let block = rewrite_block(&block)?;
+    let block = rewrite_block(&block, valid)?;
     let mut rebuilt = Vec::with_capacity(block.len() + 2 * FRAME_HEADER + priority.len());
     let first = (MIN_MAX_FRAME - priority.len()).min(block.len());
     let chunks: Vec<&[u8]> = std::iter::once(&block[..first])
@@ -223,8 +225,9 @@ fn rewrite_frames(frames: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// `block` with each literal `:authority` that needs it rewritten; `None` when none does or
-/// the block is malformed.
-fn rewrite_block(block: &[u8]) -> Option<Vec<u8>> {
+/// the block is malformed. `valid` is the coded form of the last authority that needed
+/// nothing: a client sends the same one on every request, and it is not decoded again.
+fn rewrite_block(block: &[u8], valid: &mut Vec<u8>) -> Option<Vec<u8>> {
     let mut rewritten = Vec::new();
     let mut copied = 0;
     let mut at = 0;
@@ -251,13 +254,22 @@ fn rewrite_block(block: &[u8]) -> Option<Vec<u8>> {
             index == AUTHORITY_INDEX
         };
         let value_at = next;
-        let (value, after) = string(block, value_at)?;
-        at = after;
-        if let Some(fixed) = is_authority.then(|| fixed_authority(&value)).flatten() {
-            rewritten.extend_from_slice(&block[copied..value_at]);
-            put_integer(&mut rewritten, fixed.len(), 7, 0);
-            rewritten.extend_from_slice(&fixed);
-            copied = at;
+        at = string_bounds(block, value_at)?.1;
+        if !is_authority || block[value_at..at] == *valid {
+            continue;
+        }
+        let (value, _) = string(block, value_at)?;
+        match fixed_authority(&value) {
+            Some(fixed) => {
+                rewritten.extend_from_slice(&block[copied..value_at]);
+                put_integer(&mut rewritten, fixed.len(), 7, 0);
+                rewritten.extend_from_slice(&fixed);
+                copied = at;
+            }
+            None => {
+                valid.clear();
+                valid.extend_from_slice(&block[value_at..at]);
+            }
         }
     }
     if copied == 0 {
@@ -320,13 +332,19 @@ fn put_integer(out: &mut Vec<u8>, value: usize, prefix: u8, flags: u8) {
     out.push(rest as u8);
 }
 
+/// Where the bytes of the HPACK string literal at `at` start and end.
+fn string_bounds(block: &[u8], at: usize) -> Option<(usize, usize)> {
+    let (length, start) = integer(block, at, 7)?;
+    let end = start.checked_add(length)?;
+    (end <= block.len()).then_some((start, end))
+}
+
 /// An HPACK string literal at `at`, Huffman-decoded when it is coded; returns it and where
 /// it ends.
 fn string(block: &[u8], at: usize) -> Option<(Vec<u8>, usize)> {
     let huffman = *block.get(at)? & 0x80 != 0;
-    let (length, start) = integer(block, at, 7)?;
-    let end = start.checked_add(length)?;
-    let raw = block.get(start..end)?;
+    let (start, end) = string_bounds(block, at)?;
+    let raw = &block[start..end];
     let value = if huffman {
         let mut decoded = Vec::with_capacity(raw.len() * 8 / 5);
         httlib_huffman::decode(raw, &mut decoded, httlib_huffman::DecoderSpeed::FourBits).ok()?;
@@ -547,6 +565,26 @@ mod tests {
             authorities(&mut Decoder::new(), &blocks[0]),
             [b"http:_@127.0.0.1:2379".to_vec()]
         );
+    }
+
+    #[test]
+    fn an_authority_after_a_repeated_valid_one_is_still_rewritten() {
+        let literal = |value: &[u8]| [&[0x01, value.len() as u8][..], value].concat();
+        let mut input = PREFACE.to_vec();
+        for (stream, value) in [
+            (1, &b"127.0.0.1:2379"[..]),
+            (3, b"127.0.0.1:2379"),
+            (5, b"http://127.0.0.1:2379"),
+        ] {
+            input.extend(frame(HEADERS, END_HEADERS, stream, &literal(value)));
+        }
+        let out = through(&input, 3);
+        let blocks = blocks(&out);
+        assert_eq!(
+            blocks[..2],
+            [literal(b"127.0.0.1:2379"), literal(b"127.0.0.1:2379")]
+        );
+        assert_eq!(blocks[2], literal(b"http:_@127.0.0.1:2379"));
     }
 
     #[test]
