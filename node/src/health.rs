@@ -83,7 +83,7 @@ async fn unhealthy(node: &Node, query: &HealthQuery) -> Option<&'static str> {
         // A local read of the store cannot fail short of the process failing.
         return None;
     }
-    if node.raft.metrics().borrow().current_leader.is_none() {
+    if !node.has_leader() {
         return Some("RAFT NO LEADER");
     }
     linearizable_read(node).await.err().map(|_| "QGET ERROR")

@@ -11,6 +11,7 @@ use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tower_layer::{Identity, Stack};
 
+use crate::api::leader::RequireLeader;
 use crate::api::watch::{WatchService, WatchSettings};
 use crate::api::{
     cluster::ClusterService, election::ElectionService, kv::KvService, lease::LeaseService,
@@ -223,6 +224,7 @@ pub async fn run(
         config.member_id,
         config.raft.election_timeout,
     );
+    let (leader_lost_tx, leader_lost) = tokio::sync::watch::channel(false);
     let node = Arc::new(Node {
         member_id: config.member_id,
         cluster_id: config.cluster_id,
@@ -239,6 +241,7 @@ pub async fn run(
         read_index: ReadIndexBatcher::default(),
         leader_wait: config.raft.election_timeout * 3,
         certificate_files: config.tls.certificate_files(),
+        leader_lost,
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -251,6 +254,11 @@ pub async fn run(
     }
 
     let lease_expiry = tokio::spawn(lessor.clone().run(stop_rx.clone()));
+    tokio::spawn(crate::api::leader::monitor(
+        node.clone(),
+        leader_lost_tx,
+        stop_rx.clone(),
+    ));
 
     let membership_upkeep = tokio::spawn(crate::api::cluster::maintain_membership(
         node.clone(),
@@ -368,6 +376,7 @@ pub async fn run(
             .max_decoding_message_size(max_decoding),
         )
         .into_axum_router()
+        .layer(RequireLeader(node.clone()))
         .merge(crate::health::router(node.clone()))
         .fallback(crate::health::not_found);
         // HTTP/1 too, for the pages (`curl http://127.0.0.1:2379/health`, as with etcd).

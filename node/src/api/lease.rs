@@ -220,6 +220,8 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let mut leader_lost = super::leader::requires_leader(request.metadata())
+            .then(|| self.node.leader_lost.clone());
         let mut incoming = request.into_inner();
         let node = self.node.clone();
         let mut stop = self.stop.clone();
@@ -243,6 +245,9 @@ impl Lease for LeaseService {
                 () = serve => {}
                 () = stopped => {
                     let _ = answers.send(Err(errors::stopped())).await;
+                }
+                () = super::leader::leader_lost(&mut leader_lost) => {
+                    let _ = answers.send(Err(errors::no_leader())).await;
                 }
             }
         });

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod election;
 pub mod errors;
 pub mod kv;
+pub mod leader;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
@@ -65,6 +66,9 @@ pub struct Node {
     pub leader_wait: Duration,
     /// The certificates this member serves, whose expiry Status and `/health` report.
     pub certificate_files: Vec<std::path::PathBuf>,
+    /// True while the member has been without a leader long enough that the streams which
+    /// require one end ([`leader::monitor`]).
+    pub leader_lost: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Where a request that needs the leader goes.
@@ -83,6 +87,21 @@ impl Node {
             member_id: self.member_id,
             revision,
             raft_term: self.raft.metrics().borrow().current_term,
+        }
+    }
+
+    /// Whether this member knows a leader: a follower's leader, or itself leading with a
+    /// quorum heard from within an election timeout. (etcd's leader steps down after that
+    /// long without one; openraft's keeps leading, so it is counted here.)
+    pub fn has_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        match metrics.current_leader {
+            None => false,
+            Some(leader) if leader == self.member_id => metrics
+                .millis_since_quorum_ack
+                .is_some_and(|millis| u128::from(millis) < self.election_timeout.as_millis()),
+            Some(_) => true,
         }
     }
 

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::SharedNode;
+use super::{leader, SharedNode};
 use crate::coalesce::Connection;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::proto::etcdserverpb::watch_server::Watch;
@@ -79,9 +79,12 @@ impl Watch for WatchService {
         if let Some(connection) = request.extensions().get::<Connection>() {
             connection.fan_out();
         }
+        let leader_lost =
+            leader::requires_leader(request.metadata()).then(|| self.node.leader_lost.clone());
         let (sender, receiver) = mpsc::channel(SEND_BUFFER);
         let session = Session {
             node: self.node.clone(),
+            leader_lost,
             watchers: self.hub.stream(),
             settings: self.settings,
             sender,
@@ -95,6 +98,8 @@ impl Watch for WatchService {
 /// One client stream: reads its requests and sends what its watchers produce.
 struct Session {
     node: SharedNode,
+    /// For a stream opened with `hasleader`: ends it once the member has lost its leader.
+    leader_lost: Option<watch::Receiver<bool>>,
     watchers: WatchStream,
     settings: WatchSettings,
     sender: mpsc::Sender<Result<WatchResponse, Status>>,
@@ -117,6 +122,10 @@ impl Session {
                     return;
                 }
                 _ = self.sender.closed() => return,
+                _ = leader::leader_lost(&mut self.leader_lost) => {
+                    let _ = self.sender.send(Err(super::errors::no_leader())).await;
+                    return;
+                }
                 request = requests.message(), if receiving => match request {
                     Ok(Some(request)) => self.handle(request),
                     Ok(None) => {

@@ -1,9 +1,11 @@
 //! Put, Range and DeleteRange with etcd's semantics: revisions, versions, history, range
 //! options, compaction and response headers.
 
+use std::time::Duration;
+
 use etcd_client::{
-    Client, CompactionOptions, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
-    TxnOp,
+    Client, CompactionOptions, ConnectOptions, DeleteOptions, GetOptions, PutOptions, SortOrder,
+    SortTarget, Txn, TxnOp,
 };
 
 use crate::harness::{keys, put, revision, Node, NodeOptions};
@@ -570,4 +572,44 @@ async fn response_headers_carry_cluster_member_term_and_revision() {
         );
         assert_eq!(header.revision(), expected_rev, "{what}");
     }
+}
+
+/// clientv3's `WithRequireLeader` (kube-apiserver's watches carry it): a member that has a
+/// leader serves such requests and streams as any other.
+#[tokio::test]
+async fn requests_and_streams_that_require_a_leader_are_served_by_a_member_with_one() {
+    let node = Node::start(NodeOptions::default()).await;
+    let options = ConnectOptions::new()
+        .with_timeout(Duration::from_secs(10))
+        .with_require_leader(true);
+    let mut c = Client::connect([node.endpoint()], Some(options))
+        .await
+        .expect("connect with require-leader");
+
+    let mut events = c
+        .watch("k", None)
+        .await
+        .expect("a watch requiring a leader");
+    c.put("k", "v", None)
+        .await
+        .expect("a put requiring a leader");
+    let got = c.get("k", None).await.expect("a get requiring a leader");
+    assert_eq!(got.kvs()[0].value(), b"v");
+    let answer = loop {
+        let answer = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("the watch delivers within 10 s")
+            .expect("the watch stays open")
+            .expect("a response");
+        if !answer.events().is_empty() {
+            break answer;
+        }
+    };
+    assert_eq!(answer.events()[0].kv().unwrap().value(), b"v");
+
+    let lease = c.lease_grant(10, None).await.expect("grant").id();
+    let (mut keeper, mut answers) = c.lease_keep_alive(lease).await.expect("keepalive");
+    keeper.keep_alive().await.expect("send a keepalive");
+    let renewed = answers.message().await.expect("an answer").expect("one");
+    assert_eq!(renewed.ttl(), 10);
 }

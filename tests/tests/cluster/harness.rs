@@ -180,6 +180,18 @@ impl Member {
         connect(&self.client_url, REQUEST_TIMEOUT).await
     }
 
+    /// A client whose requests and streams require a leader (clientv3's
+    /// `WithRequireLeader`, as kube-apiserver's watches use it).
+    pub async fn client_requiring_leader(&self) -> Client {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_require_leader(true);
+        Client::connect([&self.client_url], Some(options))
+            .await
+            .unwrap_or_else(|e| panic!("cannot make a client of {}: {e}", self.client_url))
+    }
+
     /// Kills the process with SIGKILL and reaps it.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("kill9() needs a running member");

@@ -1,11 +1,16 @@
 //! A member cut off from the others (its peer link down in its network namespace) is a
 //! minority of one: it must neither acknowledge a write nor serve a linearizable read,
-//! while the majority elects a leader if needed and goes on. Once the link is back, the
-//! member converges with the rest.
+//! while the majority elects a leader if needed and goes on. Requests and watches that
+//! require a leader (kube-apiserver's) are refused and ended there, as etcd does. Once the
+//! link is back, the member converges with the rest.
+
+use std::time::Duration;
+
+use etcd_client::{Client, GetResponse, WatchStream};
 
 use crate::harness::{
-    expect_ok, linearizable_value, poll, put_acknowledged, value_of, within, Cluster, ClusterSpec,
-    REQUEST_TIMEOUT,
+    expect_ok, linearizable_value, poll, put_acknowledged, retry, value_of, within, Cluster,
+    ClusterSpec, DEADLINE, REQUEST_TIMEOUT,
 };
 
 /// Which member the test cuts off.
@@ -24,6 +29,15 @@ async fn minority_cannot_write_or_read_linearizably(cut: Cut) {
     };
     let majority: Vec<usize> = (0..cluster.len()).filter(|&i| i != isolated).collect();
     put_acknowledged(&cluster.member(leader).client().await, "before", "1").await;
+    let mut requiring = cluster.member(isolated).client_requiring_leader().await;
+    let mut watch_requiring = requiring.watch("w", None).await.expect("watch");
+    let mut watch_plain = cluster
+        .member(isolated)
+        .client()
+        .await
+        .watch("w", None)
+        .await
+        .expect("watch");
 
     cluster.cut(isolated);
     let minority = cluster.member(isolated).client().await;
@@ -62,6 +76,24 @@ async fn minority_cannot_write_or_read_linearizably(cut: Cut) {
         "a local read needs no quorum: {body}"
     );
 
+    // etcd refuses at once while it knows no leader, and ends the streams that require one
+    // after three election timeouts without.
+    let refused = poll("a refusal for want of a leader", || async {
+        match within(REQUEST_TIMEOUT, get(&requiring)).await {
+            Err(error) if error.contains("etcdserver: no leader") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    expect_ok(refused);
+    let ended = ends_with_an_error(&mut watch_requiring).await;
+    assert!(ended.contains("etcdserver: no leader"), "{ended}");
+    match tokio::time::timeout(Duration::from_millis(200), watch_plain.message()).await {
+        Err(_) => {}
+        Ok(Ok(Some(response))) if !response.canceled() && response.events().is_empty() => {}
+        other => panic!("a watch that does not require a leader ended: {other:?}"),
+    }
+
     let new_leader = cluster.leader_among(&majority).await;
     println!(
         "leader {} before the cut, {} in the majority after",
@@ -70,6 +102,8 @@ async fn minority_cannot_write_or_read_linearizably(cut: Cut) {
     );
     for &writer in &majority {
         let key = format!("majority-write/{}", cluster.member(writer).name());
+        let requiring = cluster.member(writer).client_requiring_leader().await;
+        expect_ok(retry("a get that requires a leader", || get(&requiring)).await);
         put_acknowledged(&cluster.member(writer).client().await, &key, "1").await;
         for &reader in &majority {
             let client = cluster.member(reader).client().await;
@@ -92,6 +126,7 @@ async fn minority_cannot_write_or_read_linearizably(cut: Cut) {
     })
     .await;
     expect_ok(ready);
+    expect_ok(retry("a get that requires a leader", || get(&requiring)).await);
     for &writer in &majority {
         let key = format!("majority-write/{}", cluster.member(writer).name());
         let read = linearizable_value(&minority, &key).await;
@@ -111,4 +146,24 @@ async fn minority_side_cannot_write_or_read_linearizably_when_the_leader_is_cut_
 #[tokio::test]
 async fn minority_side_cannot_write_or_read_linearizably_when_a_follower_is_cut_off() {
     minority_cannot_write_or_read_linearizably(Cut::Follower).await;
+}
+
+/// A get of the key written before the cut, through `client`.
+async fn get(client: &Client) -> Result<GetResponse, etcd_client::Error> {
+    client.clone().get("before", None).await
+}
+
+/// Reads `stream` until it ends with an error, within [`DEADLINE`]; the error's text.
+async fn ends_with_an_error(stream: &mut WatchStream) -> String {
+    let ended = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return "the stream ended without an error".to_owned(),
+                Err(error) => return error.to_string(),
+            }
+        }
+    })
+    .await;
+    ended.unwrap_or_else(|_| format!("the stream was still open after {DEADLINE:?}"))
 }
