@@ -39,6 +39,12 @@ async fn minority_cannot_write_or_read_linearizably(cut: Cut) {
         .await
         .expect("watch");
 
+    let lease = requiring.lease_grant(60, None).await.expect("grant").id();
+    let (mut keeper, mut keepalives) = requiring.lease_keep_alive(lease).await.expect("keepalive");
+    keeper.keep_alive().await.expect("send a keepalive");
+    let renewed = keepalives.message().await.expect("an answer").expect("one");
+    assert_eq!(renewed.ttl(), 60);
+
     cluster.cut(isolated);
     let minority = cluster.member(isolated).client().await;
     let mut writer = minority.clone();
@@ -88,6 +94,11 @@ async fn minority_cannot_write_or_read_linearizably(cut: Cut) {
     expect_ok(refused);
     let ended = ends_with_an_error(&mut watch_requiring).await;
     assert!(ended.contains("etcdserver: no leader"), "{ended}");
+    let ended = tokio::time::timeout(DEADLINE, keepalives.message()).await;
+    assert!(
+        matches!(&ended, Ok(Err(error)) if error.to_string().contains("etcdserver: no leader")),
+        "the keepalive stream that requires a leader: {ended:?}"
+    );
     match tokio::time::timeout(Duration::from_millis(200), watch_plain.message()).await {
         Err(_) => {}
         Ok(Ok(Some(response))) if !response.canceled() && response.events().is_empty() => {}
