@@ -361,7 +361,7 @@ mod tests {
 
     use loona_hpack::{Decoder, Encoder};
 
-    /// A HEADERS frame on `stream` carrying `block`, with `flags`.
+    /// A frame of `kind` with `flags` on `stream`, carrying `payload`.
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
         frame.push(kind);
