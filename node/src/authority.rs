@@ -206,20 +206,24 @@ fn rewrite_frames(frames: &[u8], valid: &mut Vec<u8>) -> Option<Vec<u8>> {
     let chunks: Vec<&[u8]> = std::iter::once(&block[..first])
         .chain(block[first..].chunks(MIN_MAX_FRAME))
         .collect();
-    let mut kind = HEADERS;
-    let mut frame_flags = flags & (END_STREAM | PRIORITY);
     for (i, chunk) in chunks.iter().enumerate() {
-        let last = i + 1 == chunks.len();
-        let prefix = if kind == HEADERS { priority } else { &[] };
+        let (kind, prefix, frame_flags) = if i == 0 {
+            (HEADERS, priority, flags & (END_STREAM | PRIORITY))
+        } else {
+            (CONTINUATION, &[][..], 0)
+        };
+        let end = if i + 1 == chunks.len() {
+            END_HEADERS
+        } else {
+            0
+        };
         let length = (prefix.len() + chunk.len()) as u32;
         rebuilt.extend_from_slice(&length.to_be_bytes()[1..]);
         rebuilt.push(kind);
-        rebuilt.push(frame_flags | if last { END_HEADERS } else { 0 });
+        rebuilt.push(frame_flags | end);
         rebuilt.extend_from_slice(stream);
         rebuilt.extend_from_slice(prefix);
         rebuilt.extend_from_slice(chunk);
-        kind = CONTINUATION;
-        frame_flags = 0;
     }
     Some(rebuilt)
 }

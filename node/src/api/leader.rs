@@ -19,14 +19,17 @@ const REQUIRE_LEADER: &str = "hasleader";
 /// Election timeouts without a leader before the streams that require one are ended.
 const MAX_NO_LEADER: u32 = 3;
 
+/// Marks a request whose client requires a leader; [`RequireLeader`] sets it.
+#[derive(Clone, Copy)]
+struct LeaderRequired;
+
 /// Whether a request asks for a leader (clientv3's `WithRequireLeader`).
-pub fn requires_leader(metadata: &tonic::metadata::MetadataMap) -> bool {
-    metadata
-        .get(REQUIRE_LEADER)
-        .is_some_and(|value| value == "true")
+pub fn requires_leader<T>(request: &tonic::Request<T>) -> bool {
+    request.extensions().get::<LeaderRequired>().is_some()
 }
 
-/// Refuses requests that require a leader while this member knows none.
+/// Refuses requests that require a leader while this member knows none, and marks the
+/// others that require one for the streams that must end when the leader is lost.
 #[derive(Clone)]
 pub struct RequireLeader(pub SharedNode);
 
@@ -60,13 +63,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let required = request
             .headers()
             .get(REQUIRE_LEADER)
             .is_some_and(|value| value == "true");
-        if required && !self.node.has_leader() {
-            return Either::Left(futures::future::ready(Ok(errors::no_leader().into_http())));
+        if required {
+            if !self.node.has_leader() {
+                return Either::Left(futures::future::ready(Ok(errors::no_leader().into_http())));
+            }
+            request.extensions_mut().insert(LeaderRequired);
         }
         Either::Right(self.inner.call(request))
     }

@@ -220,8 +220,8 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        let mut leader_lost = super::leader::requires_leader(request.metadata())
-            .then(|| self.node.leader_lost.clone());
+        let mut leader_lost =
+            super::leader::requires_leader(&request).then(|| self.node.leader_lost.clone());
         let mut incoming = request.into_inner();
         let node = self.node.clone();
         let mut stop = self.stop.clone();

@@ -79,8 +79,7 @@ impl Watch for WatchService {
         if let Some(connection) = request.extensions().get::<Connection>() {
             connection.fan_out();
         }
-        let leader_lost =
-            leader::requires_leader(request.metadata()).then(|| self.node.leader_lost.clone());
+        let leader_lost = leader::requires_leader(&request).then(|| self.node.leader_lost.clone());
         let (sender, receiver) = mpsc::channel(SEND_BUFFER);
         let session = Session {
             node: self.node.clone(),

@@ -550,6 +550,20 @@ mod tests {
         bytes
     }
 
+    /// A log of entries 1 to `whole` and part of the next one (the process died while
+    /// writing it), then `tail`; returns the length of the whole records.
+    fn write_torn_log(path: &Path, whole: u64, tail: &[u8]) -> u64 {
+        let entries: Vec<Entry> = (1..=whole).map(|index| blank(1, index)).collect();
+        let records: Vec<RecordRef<'_>> = entries.iter().map(RecordRef::Entry).collect();
+        let mut bytes = encode(&records).unwrap();
+        let length = bytes.len() as u64;
+        let torn = encode(&[RecordRef::Entry(&blank(1, whole + 1))]).unwrap();
+        bytes.extend_from_slice(&torn[..torn.len() - 3]);
+        bytes.extend_from_slice(tail);
+        std::fs::write(path, &bytes).unwrap();
+        length
+    }
+
     /// The file's length without its zero-filled tail.
     fn records_len(path: &Path) -> u64 {
         let bytes = std::fs::read(path).unwrap();
@@ -587,19 +601,11 @@ mod tests {
     async fn a_torn_last_record_is_cut_off_and_the_rest_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.wal");
-        let entries: Vec<Entry> = (1..=3).map(|index| blank(1, index)).collect();
-        let records: Vec<RecordRef<'_>> = entries.iter().map(RecordRef::Entry).collect();
-        let whole = write_records(&path, &records);
-        // A fourth record the process died while writing: only part of it reached the disk.
-        let mut torn = encode(&[RecordRef::Entry(&blank(1, 4))]).unwrap();
-        torn.truncate(torn.len() - 3);
-        let mut damaged = whole.clone();
-        damaged.extend_from_slice(&torn);
-        std::fs::write(&path, &damaged).unwrap();
+        let whole = write_torn_log(&path, 3, &[]);
 
         let mut store = LogStore::open(&path).unwrap();
         assert_eq!(indexes(&store), [1, 2, 3]);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole.len() as u64);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
         // The cut file takes new records where the valid part ended.
         store.save_vote(&Vote::new(3, 1)).await.unwrap();
         drop(store);
@@ -682,18 +688,10 @@ mod tests {
     async fn a_torn_record_before_the_zeros_is_cut_off() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.wal");
-        let entries: Vec<Entry> = (1..=2).map(|index| blank(1, index)).collect();
-        let records: Vec<RecordRef<'_>> = entries.iter().map(RecordRef::Entry).collect();
-        let whole = write_records(&path, &records);
-        let mut torn = encode(&[RecordRef::Entry(&blank(1, 3))]).unwrap();
-        torn.truncate(torn.len() - 2);
-        let mut damaged = whole.clone();
-        damaged.extend_from_slice(&torn);
-        damaged.extend_from_slice(&[0; 4096]);
-        std::fs::write(&path, &damaged).unwrap();
+        let whole = write_torn_log(&path, 2, &[0; 4096]);
 
         let store = LogStore::open(&path).unwrap();
         assert_eq!(indexes(&store), [1, 2]);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole.len() as u64);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
     }
 }
