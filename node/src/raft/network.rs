@@ -3,6 +3,9 @@
 //!
 //! openraft messages travel as their postcard encoding inside `cairnpb.RaftMessage`, so the
 //! peer protocol follows openraft's types without a hand-written protobuf mirror of each.
+//! Append-entries, which a leader sends its followers several hundred times a second under
+//! load (entries, then the commit index), go on one long-lived stream per follower; votes and
+//! snapshots are one call each.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,7 +21,10 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
+use tonic::Streaming;
 
 use super::types::{Member, MemberId, TypeConfig};
 use crate::proto::cairnpb::peer_client::PeerClient;
@@ -105,6 +111,7 @@ impl RaftNetworkFactory<TypeConfig> for Peers {
         PeerConnection {
             target,
             client: self.client(node),
+            appends: None,
         }
     }
 }
@@ -113,11 +120,69 @@ impl RaftNetworkFactory<TypeConfig> for Peers {
 pub struct PeerConnection {
     target: MemberId,
     client: Result<PeerClient<Channel>, String>,
+    /// The append-entries stream to the peer, opened by the first request. openraft sends
+    /// one request at a time and waits for its answer, so answers come back in order. A
+    /// stream that failed or timed out is dropped, and the next request opens a new one.
+    appends: Option<AppendStream>,
+}
+
+struct AppendStream {
+    requests: mpsc::Sender<RaftMessage>,
+    answers: Streaming<RaftMessage>,
+}
+
+fn stream_closed() -> tonic::Status {
+    tonic::Status::unavailable("cairn: the peer closed the append-entries stream")
+}
+
+/// How openraft sees a failed call: a peer that cannot be reached, timed out or went away
+/// is unreachable (openraft backs off); anything else is a network error.
+fn rpc_error<E: std::error::Error>(status: tonic::Status) -> RPCError<MemberId, Member, E> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::new(&status))
+        }
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
 }
 
 type RpcResult<T, E> = Result<T, RPCError<MemberId, Member, RaftError<MemberId, E>>>;
 
 impl PeerConnection {
+    fn peer_client(&self) -> Result<PeerClient<Channel>, tonic::Status> {
+        self.client.clone().map_err(tonic::Status::unavailable)
+    }
+
+    /// Sends `message` on the append-entries stream, opening one if there is none, and
+    /// returns the peer's answer to it.
+    async fn exchange(&mut self, message: RaftMessage) -> Result<RaftMessage, tonic::Status> {
+        // Taken out for the exchange: if it fails, or the caller gives up waiting, the
+        // stream is dropped with its unanswered request.
+        let mut stream = match self.appends.take() {
+            Some(stream) => {
+                stream
+                    .requests
+                    .send(message)
+                    .await
+                    .map_err(|_| stream_closed())?;
+                stream
+            }
+            None => {
+                let mut client = self.peer_client()?;
+                let (requests, queued) = mpsc::channel(1);
+                requests.send(message).await.map_err(|_| stream_closed())?;
+                let answers = client
+                    .append_entries(ReceiverStream::new(queued))
+                    .await?
+                    .into_inner();
+                AppendStream { requests, answers }
+            }
+        };
+        let answer = stream.answers.message().await?.ok_or_else(stream_closed)?;
+        self.appends = Some(stream);
+        Ok(answer)
+    }
+
     async fn call<Req, Resp, E>(
         &mut self,
         kind: Rpc,
@@ -129,33 +194,41 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let client = match &self.client {
-            Ok(client) => client.clone(),
-            Err(error) => {
-                return Err(RPCError::Unreachable(Unreachable::new(
-                    &std::io::Error::other(error.clone()),
-                )))
-            }
-        };
         let message = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(option.hard_ttl());
-        let mut client = client;
         let reply = match kind {
-            Rpc::AppendEntries => client.append_entries(request).await,
-            Rpc::Vote => client.vote(request).await,
-            Rpc::InstallSnapshot => client.install_snapshot(request).await,
-        };
-        let reply = reply.map_err(|status| match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                RPCError::Unreachable(Unreachable::new(&status))
+            Rpc::AppendEntries => tokio::time::timeout(option.hard_ttl(), self.exchange(message))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(tonic::Status::deadline_exceeded(
+                        "cairn: no answer on the append-entries stream in time",
+                    ))
+                }),
+            Rpc::Vote => {
+                let mut client = self.peer_client().map_err(rpc_error)?;
+                client.vote(timed(message, option)).await.map(into_inner)
             }
-            _ => RPCError::Network(NetworkError::new(&status)),
-        })?;
+            Rpc::InstallSnapshot => {
+                let mut client = self.peer_client().map_err(rpc_error)?;
+                let reply = client.install_snapshot(timed(message, option)).await;
+                reply.map(into_inner)
+            }
+        };
+        let reply = reply.map_err(rpc_error)?;
         let result: Result<Resp, RaftError<MemberId, E>> =
-            decode(reply.get_ref()).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            decode(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
+}
+
+/// A one-call request that the peer gives up on when openraft does.
+fn timed(message: RaftMessage, option: &RPCOption) -> tonic::Request<RaftMessage> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(option.hard_ttl());
+    request
+}
+
+fn into_inner(response: tonic::Response<RaftMessage>) -> RaftMessage {
+    response.into_inner()
 }
 
 enum Rpc {

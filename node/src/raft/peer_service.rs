@@ -1,8 +1,11 @@
 //! The peer network, server side: the `cairnpb.Peer` service on the peer URL.
 
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::membership::{self, ChangeOutcome, MembershipChange};
 use super::network::{decode, encode};
@@ -36,21 +39,37 @@ fn bad_message(error: postcard::Error) -> Status {
     Status::invalid_argument(format!("cairn: undecodable raft message: {error}"))
 }
 
-fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
-    encode(value)
-        .map(Response::new)
-        .map_err(|e| Status::internal(format!("cairn: cannot encode raft reply: {e}")))
+fn encode_reply<T: serde::Serialize>(value: &T) -> Result<RaftMessage, Status> {
+    encode(value).map_err(|e| Status::internal(format!("cairn: cannot encode raft reply: {e}")))
 }
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
+    encode_reply(value).map(Response::new)
+}
+
+/// The answers to one append-entries stream, in the order of its requests.
+type Appended = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Peer for PeerService {
+    type AppendEntriesStream = Appended;
+
+    /// Answers each request of the leader's stream before it reads the next, inside the
+    /// stream's own task: no task, channel or HTTP/2 stream per request.
     async fn append_entries(
         &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> =
-            decode(request.get_ref()).map_err(bad_message)?;
-        reply(&self.raft.append_entries(rpc).await)
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Appended>, Status> {
+        let raft = self.raft.clone();
+        let answers = request.into_inner().then(move |message| {
+            let raft = raft.clone();
+            async move {
+                let rpc: AppendEntriesRequest<TypeConfig> =
+                    decode(&message?).map_err(bad_message)?;
+                encode_reply(&raft.append_entries(rpc).await)
+            }
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
