@@ -1,27 +1,29 @@
-//! Carries writes that reach a follower to the leader, many in one peer call.
+//! Carries writes that reach a follower to the leader, many in one message.
 //!
 //! One call per write would cost each forwarded write a gRPC exchange on both members;
 //! under load that overhead, not Raft, limited a cluster whose clients spread over every
-//! member. The forwarder keeps a few calls in flight and, while they travel, gathers what
-//! arrives; the next call carries it all. A lone write still goes out at once.
+//! member. The forwarder keeps one stream open to the leader with a few batches on it at
+//! once and, while they travel, gathers what arrives; the next batch carries it all. A lone
+//! write still goes out at once. The leader answers a stream's batches in their order.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 
 use prost::Message;
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tonic::Status;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
 
 use super::network::Peers;
 use super::types::{Applied, Member};
 use crate::api::errors;
-use crate::proto::cairnpb::{RaftBatch, RaftRequest};
+use crate::proto::cairnpb::{ProposeResponse, RaftBatch, RaftRequest};
 
-/// Most requests in one call, and most bytes: the leader's proposer takes them as they come.
+/// Most requests in one batch, and most bytes: the leader's proposer takes them as they come.
 const MAX_BATCH_REQUESTS: usize = 1024;
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// Writes waiting for the next call before callers are pushed back.
+/// Writes waiting for the next batch before callers are pushed back.
 const QUEUE_DEPTH: usize = 16 * 1024;
-/// Calls in flight at once, so a batch is gathered while the previous ones are replicated.
+/// Batches on their way at once, so one is gathered while the previous ones are replicated.
 const IN_FLIGHT: usize = 4;
 
 type Reply = oneshot::Sender<Result<Applied, Status>>;
@@ -63,8 +65,20 @@ impl Forwarder {
     }
 }
 
+/// A gathered batch: the writes, and where each one's answer goes.
+struct Batch {
+    requests: Vec<RaftRequest>,
+    replies: Vec<Reply>,
+}
+
+/// The stream to one leader, run by its own task.
+struct Link {
+    leader: Member,
+    batches: mpsc::Sender<Batch>,
+}
+
 async fn run(peers: Peers, mut receiver: mpsc::Receiver<Forward>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut link: Option<Link> = None;
     // A write for another leader than the batch's (the leader changed meanwhile) starts the
     // next batch.
     let mut held = None;
@@ -76,17 +90,14 @@ async fn run(peers: Peers, mut receiver: mpsc::Receiver<Forward>) {
                 None => return,
             },
         };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let leader = first.leader.clone();
         let mut bytes = first.request.encoded_len();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
+        let mut gathered = vec![first];
+        while gathered.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
             match receiver.try_recv() {
                 Ok(next) if next.leader == leader => {
                     bytes += next.request.encoded_len();
-                    batch.push(next);
+                    gathered.push(next);
                 }
                 Ok(next) => {
                     held = Some(next);
@@ -95,55 +106,132 @@ async fn run(peers: Peers, mut receiver: mpsc::Receiver<Forward>) {
                 Err(_) => break,
             }
         }
-        let peers = peers.clone();
-        tokio::spawn(async move {
-            send(&peers, &leader, batch).await;
-            drop(slot);
-        });
+        let (requests, replies) = gathered
+            .into_iter()
+            .map(|forward| (forward.request, forward.reply))
+            .unzip();
+        let batch = Batch { requests, replies };
+        // A new leader, or a stream that failed, gets a new link; an old link ends once its
+        // batches are answered.
+        let current = link
+            .as_ref()
+            .filter(|link| link.leader == leader && !link.batches.is_closed());
+        let batches = match current {
+            Some(link) => link.batches.clone(),
+            None => {
+                let (batches, queued) = mpsc::channel(1);
+                tokio::spawn(carry(peers.clone(), leader.clone(), queued));
+                link = Some(Link {
+                    leader,
+                    batches: batches.clone(),
+                });
+                batches
+            }
+        };
+        // Waits while the link has its fill of batches on their way: meanwhile the queue
+        // gathers the next batch.
+        if let Err(mpsc::error::SendError(batch)) = batches.send(batch).await {
+            fail(batch.replies, &errors::no_leader());
+        }
     }
 }
 
-/// One peer call carrying `batch`; every write gets its own answer or the call's error.
-async fn send(peers: &Peers, leader: &Member, batch: Vec<Forward>) {
-    let (requests, replies): (Vec<_>, Vec<Reply>) = batch
-        .into_iter()
-        .map(|forward| (forward.request, forward.reply))
-        .unzip();
-    let answers = match call(peers, leader, requests).await {
-        Ok(answers) if answers.len() == replies.len() => answers,
-        Ok(answers) => {
-            let status = Status::internal(format!(
-                "cairn: the leader answered {} of {} forwarded writes",
-                answers.len(),
-                replies.len()
-            ));
-            replies.iter().map(|_| Err(status.clone())).collect()
-        }
-        Err(status) => replies.iter().map(|_| Err(status.clone())).collect(),
+/// Sends the batches for `leader` on one stream and hands each write its answer. Ends when
+/// the stream fails (every write on its way or waiting gets the error) or when the last
+/// batch is answered after the forwarder moved on to another link.
+async fn carry(peers: Peers, leader: Member, mut batches: mpsc::Receiver<Batch>) {
+    let Some(first) = batches.recv().await else {
+        return;
     };
-    for (reply, answer) in replies.into_iter().zip(answers) {
+    let (requests, queued) = mpsc::channel(IN_FLIGHT);
+    let mut pending = VecDeque::with_capacity(IN_FLIGHT);
+    let _ = requests.try_send(RaftBatch {
+        requests: first.requests,
+    });
+    pending.push_back(first.replies);
+    let opened = match peers.client(&leader) {
+        Ok(mut client) => client
+            .propose(ReceiverStream::new(queued))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(errors::from_peer_status),
+        Err(_) => Err(errors::no_leader()),
+    };
+    let status = match opened {
+        Ok(answers) => relay(&requests, answers, &mut batches, &mut pending).await,
+        Err(status) => Some(status),
+    };
+    let Some(status) = status else {
+        return;
+    };
+    for replies in pending {
+        fail(replies, &status);
+    }
+    batches.close();
+    while let Some(batch) = batches.recv().await {
+        fail(batch.replies, &status);
+    }
+}
+
+/// Moves batches onto the stream and answers off it until the forwarder has moved on and
+/// nothing is left on its way (`None`), or the stream fails (its error).
+async fn relay(
+    requests: &mpsc::Sender<RaftBatch>,
+    mut answers: Streaming<ProposeResponse>,
+    batches: &mut mpsc::Receiver<Batch>,
+    pending: &mut VecDeque<Vec<Reply>>,
+) -> Option<Status> {
+    let mut open = true;
+    loop {
+        tokio::select! {
+            batch = batches.recv(), if open && pending.len() < IN_FLIGHT => match batch {
+                Some(batch) => {
+                    // The channel has room for IN_FLIGHT batches, and no more are on their
+                    // way: this cannot wait.
+                    if requests.send(RaftBatch { requests: batch.requests }).await.is_err() {
+                        fail(batch.replies, &errors::no_leader());
+                        return Some(errors::no_leader());
+                    }
+                    pending.push_back(batch.replies);
+                }
+                None if pending.is_empty() => return None,
+                None => open = false,
+            },
+            answer = answers.message(), if !pending.is_empty() => match answer {
+                Ok(Some(response)) => {
+                    let replies = pending.pop_front().unwrap_or_default();
+                    deliver(replies, response);
+                    if !open && pending.is_empty() {
+                        return None;
+                    }
+                }
+                Ok(None) => return Some(errors::no_leader()),
+                Err(status) => return Some(errors::from_peer_status(status)),
+            },
+        }
+    }
+}
+
+/// Hands each write of a batch its answer from the leader's response.
+fn deliver(replies: Vec<Reply>, response: ProposeResponse) {
+    if response.applied.len() != replies.len() {
+        let status = Status::internal(format!(
+            "cairn: the leader answered {} of {} forwarded writes",
+            response.applied.len(),
+            replies.len()
+        ));
+        return fail(replies, &status);
+    }
+    for (reply, applied) in replies.into_iter().zip(response.applied) {
+        let answer = postcard::from_bytes(&applied).map_err(|e| {
+            Status::internal(format!("cairn: undecodable answer from the leader: {e}"))
+        });
         let _ = reply.send(answer);
     }
 }
 
-async fn call(
-    peers: &Peers,
-    leader: &Member,
-    requests: Vec<RaftRequest>,
-) -> Result<Vec<Result<Applied, Status>>, Status> {
-    let mut client = peers.client(leader).map_err(|_| errors::no_leader())?;
-    let response = client
-        .propose(RaftBatch { requests })
-        .await
-        .map_err(errors::from_peer_status)?;
-    Ok(response
-        .into_inner()
-        .applied
-        .iter()
-        .map(|applied| {
-            postcard::from_bytes(applied).map_err(|e| {
-                Status::internal(format!("cairn: undecodable answer from the leader: {e}"))
-            })
-        })
-        .collect())
+fn fail(replies: Vec<Reply>, status: &Status) {
+    for reply in replies {
+        let _ = reply.send(Err(status.clone()));
+    }
 }

@@ -50,6 +50,34 @@ fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status
 /// The answers to one append-entries stream, in the order of its requests.
 type Appended = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
 
+/// The answers to one stream of forwarded batches, in the order of the batches.
+type Proposed = Pin<Box<dyn Stream<Item = Result<ProposeResponse, Status>> + Send>>;
+
+/// Batches of one follower's stream replicated at once; a follower keeps fewer in flight.
+const FORWARDED_IN_FLIGHT: usize = 16;
+
+/// Replicates the writes a follower forwarded together and answers each, in order.
+async fn propose_batch(proposer: &Proposer, batch: RaftBatch) -> Result<ProposeResponse, Status> {
+    let answers = proposer.propose_all(batch.requests).await;
+    let mut applied = Vec::with_capacity(answers.len());
+    for answer in answers {
+        let answer = answer.unwrap_or_else(|error| {
+            // The leader changed while the write was on its way: the forwarding member
+            // answers as etcd does and the client retries.
+            let status = crate::api::errors::from_write_error(error);
+            Applied::Rejected {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+            }
+        });
+        applied.push(
+            postcard::to_allocvec(&answer)
+                .map_err(|e| Status::internal(format!("cairn: cannot encode the answer: {e}")))?,
+        );
+    }
+    Ok(ProposeResponse { applied })
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     type AppendEntriesStream = Appended;
@@ -86,32 +114,23 @@ impl Peer for PeerService {
         reply(&self.raft.install_snapshot(rpc).await)
     }
 
+    type ProposeStream = Proposed;
+
+    /// Replicates the batches of a follower's stream as they come, several at once, and
+    /// answers them in their order.
     async fn propose(
         &self,
-        request: Request<RaftBatch>,
-    ) -> Result<Response<ProposeResponse>, Status> {
-        let answers = self
-            .proposer
-            .propose_all(request.into_inner().requests)
-            .await;
-        let mut applied = Vec::with_capacity(answers.len());
-        for answer in answers {
-            let answer = answer.unwrap_or_else(|error| {
-                // The leader changed while the write was on its way: the forwarding member
-                // answers as etcd does and the client retries.
-                let status = crate::api::errors::from_write_error(error);
-                Applied::Rejected {
-                    code: status.code() as i32,
-                    message: status.message().to_owned(),
-                }
-            });
-            applied.push(
-                postcard::to_allocvec(&answer).map_err(|e| {
-                    Status::internal(format!("cairn: cannot encode the answer: {e}"))
-                })?,
-            );
-        }
-        Ok(Response::new(ProposeResponse { applied }))
+        request: Request<Streaming<RaftBatch>>,
+    ) -> Result<Response<Proposed>, Status> {
+        let proposer = self.proposer.clone();
+        let answers = request
+            .into_inner()
+            .map(move |batch| {
+                let proposer = proposer.clone();
+                async move { propose_batch(&proposer, batch?).await }
+            })
+            .buffered(FORWARDED_IN_FLIGHT);
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn read_index(
