@@ -13,9 +13,12 @@ use super::types::{
 };
 use crate::store::Store;
 
-/// Batches up to this many commands are applied on the async worker itself: they take
-/// about a millisecond at most, the budget tokio allows a task between two awaits.
-const INLINE_APPLY_COMMANDS: usize = 32;
+/// Batches up to this many commands are applied on the async worker itself: a put applies
+/// in about 3 µs here, so they take well under a millisecond, the budget tokio allows a task
+/// between two awaits. 64 writers at once make entries of up to about 64 commands; with 32,
+/// a 3-member cluster at 64 clients spent 4% more CPU per put, handing workers to other
+/// threads.
+const INLINE_APPLY_COMMANDS: usize = 128;
 
 /// What Raft needs to find again after a restart, committed in the same store transaction as
 /// the data it describes, so the two can never disagree.
