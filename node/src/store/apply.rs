@@ -129,12 +129,14 @@ pub(crate) struct Batch<'s> {
     /// Changes the command in progress has made: the next sub revision.
     changes: i64,
     undo: Vec<Undo>,
-    /// What the commands applied so far changed, for watchers, in revision order.
-    events: Vec<Event>,
+    /// What the commands applied so far changed, for watchers, in revision order; `None`
+    /// when no watcher wanted them as the batch began (they can read them from history).
+    events: Option<Vec<Event>>,
 }
 
 impl<'s> Batch<'s> {
-    pub fn new(base: &'s State, db: &'s StateFile) -> Self {
+    /// A batch on top of `base`; it notes watch events only if `record_events`.
+    pub fn new(base: &'s State, db: &'s StateFile, record_events: bool) -> Self {
         Batch {
             base,
             db,
@@ -150,13 +152,13 @@ impl<'s> Batch<'s> {
             attached: BTreeMap::new(),
             changes: 0,
             undo: Vec::new(),
-            events: Vec::new(),
+            events: record_events.then(Vec::new),
         }
     }
 
-    /// The events of the commands applied so far, in revision order.
-    pub fn take_events(&mut self) -> Vec<Event> {
-        std::mem::take(&mut self.events)
+    /// The events of the commands applied so far, in revision order, if they were noted.
+    pub fn take_events(&mut self) -> Option<Vec<Event>> {
+        self.events.take()
     }
 
     pub fn finish(self) -> BatchOutcome {
@@ -209,6 +211,9 @@ impl<'s> Batch<'s> {
     /// where each is written covers every kind of change at once, and a compaction later in
     /// the batch cannot take away a tombstone before its event is noted.
     fn record_events(&mut self) -> Result<(), StoreError> {
+        let Some(events) = self.events.as_mut() else {
+            return Ok(());
+        };
         if self.changes == 0 {
             return Ok(());
         }
@@ -222,7 +227,7 @@ impl<'s> Batch<'s> {
         for (key, stored) in self.written.range(first..=last) {
             let revision = Revision::from_key(key);
             let version = Stored::parse(stored, revision)?;
-            self.events.push(to_event(&version, revision)?);
+            events.push(to_event(&version, revision)?);
         }
         Ok(())
     }

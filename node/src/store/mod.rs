@@ -268,8 +268,11 @@ impl Store {
             .writer
             .lock()
             .expect("store writer lock poisoned");
+        let sink = self.inner.sink();
+        let record_events = sink.as_ref().is_some_and(|sink| sink.wants_events());
         let published = self.inner.state();
-        let mut batch = Batch::new(&published, &self.inner.db);
+        let before = published.revision;
+        let mut batch = Batch::new(&published, &self.inner.db, record_events);
         let results = commands
             .iter()
             .map(|command| batch.apply(command))
@@ -293,8 +296,12 @@ impl Store {
         };
         self.notify_lease_changes(&lease_changes);
         // Still under the writer lock: the sink sees batches in the order they published.
-        if let (false, Some(sink)) = (events.is_empty(), self.inner.sink()) {
-            sink.published(revision, events);
+        if let Some(sink) = sink {
+            match events {
+                Some(events) if !events.is_empty() => sink.published(revision, events),
+                None if revision > before => sink.advanced(revision),
+                _ => {}
+            }
         }
         if flush_now {
             self.flush(false)?;

@@ -2,7 +2,8 @@
 //!
 //! The store hands the hub each batch's events as it publishes them ([`ChangeSink`]), on
 //! every member alike: followers apply the same log, so a watch works on any member and
-//! carries on across leader changes.
+//! carries on across leader changes. While no watcher is synced the store skips noting the
+//! events; a watcher that syncs during such a batch reads it from the history.
 //!
 //! # Synced and unsynced watchers
 //! A *synced* watcher is in the hub's registry and gets events pushed: one publish matches
@@ -141,6 +142,11 @@ impl Shared {
 }
 
 impl ChangeSink for Shared {
+    fn wants_events(&self) -> bool {
+        let registry = self.registry();
+        !(registry.keys.is_empty() && registry.ranges.is_empty())
+    }
+
     fn published(&self, revision: i64, events: Vec<Event>) {
         let batch = Arc::new(Batch::new(revision, events));
         let mut registry = self.registry();
@@ -161,6 +167,12 @@ impl ChangeSink for Shared {
         for outbox in registry.progress_waiters.drain(..) {
             outbox.wake.notify_one();
         }
+    }
+
+    /// No watcher was synced as the batch began. One that rejoined the registry since has
+    /// missed the batch's events, and reads them from the history, as after a snapshot.
+    fn advanced(&self, revision: i64) {
+        self.replaced(revision);
     }
 
     fn replaced(&self, revision: i64) {
