@@ -305,6 +305,7 @@ pub async fn run(
             node.raft.clone(),
             node.proposer.clone(),
             lessor.clone(),
+            stop_rx.clone(),
         ))
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);

@@ -1,10 +1,12 @@
 //! The peer network, server side: the `cairnpb.Peer` service on the peer URL.
 
+use std::future::Future;
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::membership::{self, ChangeOutcome, MembershipChange};
@@ -23,14 +25,31 @@ pub struct PeerService {
     raft: Raft,
     proposer: Proposer,
     lessor: Lessor,
+    stop: watch::Receiver<bool>,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, proposer: Proposer, lessor: Lessor) -> Self {
+    /// `stop` turning true ends the long-lived streams, which the server's graceful
+    /// shutdown would otherwise wait for as long as the other members keep them open.
+    pub fn new(
+        raft: Raft,
+        proposer: Proposer,
+        lessor: Lessor,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
         PeerService {
             raft,
             proposer,
             lessor,
+            stop,
+        }
+    }
+
+    /// Resolves once this member is stopping.
+    fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stop = self.stop.clone();
+        async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
         }
     }
 }
@@ -89,14 +108,17 @@ impl Peer for PeerService {
         request: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<Appended>, Status> {
         let raft = self.raft.clone();
-        let answers = request.into_inner().then(move |message| {
-            let raft = raft.clone();
-            async move {
-                let rpc: AppendEntriesRequest<TypeConfig> =
-                    decode(&message?).map_err(bad_message)?;
-                encode_reply(&raft.append_entries(rpc).await)
-            }
-        });
+        let answers = request
+            .into_inner()
+            .take_until(self.stopping())
+            .then(move |message| {
+                let raft = raft.clone();
+                async move {
+                    let rpc: AppendEntriesRequest<TypeConfig> =
+                        decode(&message?).map_err(bad_message)?;
+                    encode_reply(&raft.append_entries(rpc).await)
+                }
+            });
         Ok(Response::new(Box::pin(answers)))
     }
 
@@ -125,6 +147,7 @@ impl Peer for PeerService {
         let proposer = self.proposer.clone();
         let answers = request
             .into_inner()
+            .take_until(self.stopping())
             .map(move |batch| {
                 let proposer = proposer.clone();
                 async move { propose_batch(&proposer, batch?).await }

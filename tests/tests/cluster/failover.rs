@@ -122,6 +122,67 @@ async fn killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
     cluster.assert_converged(&[0, 1, 2]).await;
 }
 
+/// SIGTERM stops a member promptly and cleanly while the others keep it busy: a follower
+/// (whose peer listener holds the leader's replication stream) and then the leader (whose
+/// peer listener holds the followers' forwarded writes). Both come back with every write
+/// acknowledged before they stopped.
+#[tokio::test]
+async fn sigterm_stops_a_busy_member_cleanly_and_it_rejoins() {
+    let mut cluster = Cluster::start(ClusterSpec::new(3)).await;
+    let leader = cluster.leader().await;
+    let followers: Vec<usize> = (0..cluster.len()).filter(|&i| i != leader).collect();
+    let (stopped_follower, writer_member) = (followers[0], followers[1]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_until_stopped(
+        cluster.member(writer_member).client().await,
+        stop.clone(),
+        acknowledged.clone(),
+    ));
+    wait_for_count(&acknowledged, WRITES_PER_PHASE, "writes before the stops").await;
+
+    for index in [stopped_follower, leader] {
+        let status = cluster.member_mut(index).terminate().await;
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{} after SIGTERM: {status}",
+            cluster.member(index).name()
+        );
+        cluster.member_mut(index).restart().await;
+        let resumed = acknowledged.load(Ordering::Relaxed);
+        wait_for_count(
+            &acknowledged,
+            resumed + WRITES_PER_PHASE,
+            "writes after the restart",
+        )
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.await.expect("the writer task");
+
+    let client = cluster.member(leader).client().await;
+    let stored = expect_ok(
+        retry("a linearizable read of every written key", || {
+            let mut client = client.clone();
+            async move {
+                client
+                    .get("w/", Some(GetOptions::new().with_prefix().with_keys_only()))
+                    .await
+            }
+        })
+        .await,
+    );
+    let stored: Vec<&[u8]> = stored.kvs().iter().map(|kv| kv.key()).collect();
+    let lost: Vec<&String> = written
+        .iter()
+        .filter(|key| !stored.contains(&key.as_bytes()))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes missing: {lost:?}");
+    cluster.assert_converged(&[0, 1, 2]).await;
+}
+
 /// A leader killed and restarted before anyone else campaigns resumes its old term (openraft
 /// does so) without knowing its commit index. A follower that missed a write this leader
 /// acknowledged before the kill must not answer a linearizable read without that write.

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,10 @@ pub const ELECTION_TIMEOUT: Duration = Duration::from_millis(500);
 /// The longest a test waits for the cluster to reach a state: readiness, a leader,
 /// convergence, a catch-up.
 pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The longest a member may take to exit after SIGTERM (a service manager's stop waits for
+/// it; systemd's default patience is 90 s, far beyond what a clean stop needs).
+pub const STOP_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Pause between two checks of a polled condition.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -198,6 +202,27 @@ impl Member {
         child.kill().expect("send SIGKILL");
         child.wait().expect("reap the killed member");
         self.paused = false;
+    }
+
+    /// Sends SIGTERM and returns the exit status once the process has exited; fails the
+    /// test if it is still running after [`STOP_DEADLINE`].
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_DEADLINE;
+        loop {
+            let child = self
+                .child
+                .as_mut()
+                .expect("terminate() needs a running member");
+            if let Some(status) = child.try_wait().expect("poll the member's exit") {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!("still running {STOP_DEADLINE:?} after SIGTERM"));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
     }
 
     /// Freezes the process with SIGSTOP.
