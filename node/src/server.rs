@@ -2,6 +2,7 @@
 //! shutdown when the given future completes.
 
 use std::future::Future;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ use crate::raft::{Forwarder, PeerService, Peers};
 use crate::security::join::JoinService;
 use crate::security::tls::{self, CertSlot, ClientIdentity};
 use crate::security::{ListenerTls, TlsSettings};
+use crate::store::Store;
 use crate::watch::{HubLimits, WatchHub};
 
 /// etcd lets a gRPC message exceed `--max-request-bytes` by this much so the request itself,
@@ -41,6 +43,50 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// How often the state machine is made durable. Nothing depends on it for safety (the Raft
 /// log is), it bounds how much log is replayed after a crash.
 const STATE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The nice value of the thread that makes the state machine durable (the request-serving
+/// threads keep 0).
+#[cfg(target_os = "linux")]
+const SYNC_THREAD_NICE: i32 = 10;
+
+/// Makes the store durable every [`STATE_SYNC_INTERVAL`] on a thread of its own until `stop`
+/// turns. On Linux the thread runs at a lower CPU priority than those answering requests:
+/// the flush is background work (about a tenth of a busy member's CPU), and when every core
+/// is busy the requests should not wait for it. Applying never waits for this thread: past
+/// the store's unflushed limit it flushes itself, unless this thread is flushing.
+fn spawn_syncer(
+    store: Store,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let (stopping, stopped) = std::sync::mpsc::channel::<()>();
+    tokio::spawn(async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+        drop(stopping);
+    });
+    std::thread::Builder::new()
+        .name("state-sync".into())
+        .spawn(move || {
+            lower_priority();
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(STATE_SYNC_INTERVAL) {
+                if let Err(error) = store.sync() {
+                    tracing::error!(%error, "making the state machine durable failed");
+                }
+            }
+        })
+}
+
+/// Lowers the calling thread's CPU priority to [`SYNC_THREAD_NICE`].
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // Linux keeps a nice value per thread; no pid names the calling thread.
+    if let Err(error) = rustix::process::setpriority_process(None, SYNC_THREAD_NICE) {
+        tracing::warn!(%error, "cannot lower the state sync thread's priority");
+    }
+}
+
+/// Elsewhere the call would lower the whole process's priority: the thread keeps its own.
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
 
 /// Accepted connections with Nagle's algorithm off. tonic ignores the builder's
 /// `tcp_nodelay` for listeners it is handed; left on, a small response written while an
@@ -267,23 +313,7 @@ pub async fn run(
         stop_tx.clone(),
     ));
 
-    let syncer = {
-        let store = node.store.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(STATE_SYNC_INTERVAL);
-            loop {
-                tokio::select! {
-                    _ = ticks.tick() => {}
-                    _ = stop.changed() => break,
-                }
-                let store = store.clone();
-                if let Ok(Err(error)) = tokio::task::spawn_blocking(move || store.sync()).await {
-                    tracing::error!(%error, "making the state machine durable failed");
-                }
-            }
-        })
-    };
+    let syncer = spawn_syncer(node.store.clone(), stop_rx.clone())?;
 
     let max_decoding = config.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let watch_settings = WatchSettings {
@@ -432,7 +462,7 @@ pub async fn run(
     }
     // A listener that failed on its own must still bring the member down cleanly.
     let _ = node.raft.shutdown().await;
-    let _ = syncer.await;
+    let _ = tokio::task::spawn_blocking(move || syncer.join()).await;
     membership_upkeep.abort();
     lease_expiry.abort();
     if let Some(renewal) = renewal {

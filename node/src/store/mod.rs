@@ -40,7 +40,9 @@ mod unflushed;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError,
+};
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable};
@@ -130,9 +132,28 @@ impl Inner {
     /// Writes the unflushed changes and the counters to the file in one transaction,
     /// durable (fsynced) or not.
     fn flush(&self, durable: bool) -> Result<(), StoreError> {
-        let mut durable_meta = self.flusher.lock().expect("store flusher lock poisoned");
+        let durable_meta = self.flusher.lock().expect("store flusher lock poisoned");
+        self.flush_locked(durable_meta, durable)
+    }
+
+    /// A non-durable flush, unless one is under way: that one takes everything published
+    /// before it began, and waiting for it would hold applying up behind the sync thread,
+    /// which runs at a lower priority. A later batch tries again.
+    fn flush_unless_flushing(&self) -> Result<(), StoreError> {
+        match self.flusher.try_lock() {
+            Ok(durable_meta) => self.flush_locked(durable_meta, false),
+            Err(TryLockError::WouldBlock) => Ok(()),
+            Err(TryLockError::Poisoned(_)) => panic!("store flusher lock poisoned"),
+        }
+    }
+
+    fn flush_locked(
+        &self,
+        mut durable_meta: MutexGuard<'_, Option<Vec<u8>>>,
+        durable: bool,
+    ) -> Result<(), StoreError> {
         let (set, meta) = {
-            let state = self.state();
+            let mut state = self.state_mut();
             // Every applied batch moves the Raft metadata, so an unchanged one means that
             // nothing was applied since: an idle member does not fsync every second.
             let unchanged = state.unflushed.is_empty()
@@ -148,7 +169,7 @@ impl Inner {
         }
         {
             let mut revisions = txn.open_table(REVISIONS)?;
-            for (key, value) in &set.versions {
+            for (key, value) in set.versions.iter() {
                 revisions.insert(key, &**value)?;
             }
             for key in &set.removed {
@@ -166,6 +187,8 @@ impl Inner {
         txn.commit()?;
         self.measure_file_size();
         self.state_mut().unflushed.forget(&set);
+        // The flushed versions are freed here, outside the state's lock.
+        drop(set);
         if durable {
             *durable_meta = meta.raft;
         }
@@ -304,7 +327,7 @@ impl Store {
             }
         }
         if flush_now {
-            self.flush(false)?;
+            self.inner.flush_unless_flushing()?;
         }
         Ok(results)
     }
