@@ -235,3 +235,260 @@ fn fail(replies: Vec<Reply>, status: &Status) {
         let _ = reply.send(Err(status.clone()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use futures::{Stream, StreamExt};
+    use tokio::net::TcpListener;
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::{Code, Request, Response};
+
+    use super::*;
+    use crate::proto::cairnpb::peer_server::{Peer, PeerServer};
+    use crate::proto::cairnpb::raft_request;
+    use crate::proto::cairnpb::{
+        CampaignRequest, CampaignResponse, LeaseRenewRequest, LeaseRenewResponse, RaftMessage,
+        ReadIndexRequest, ReadIndexResponse,
+    };
+    use crate::proto::etcdserverpb::{LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, PutRequest};
+
+    /// How the stand-in leader answers the batches of each forward stream.
+    #[derive(Clone, Copy)]
+    enum Script {
+        /// Answers every write of the first `batches` batches with its key (as a rejection's
+        /// message), then ends the stream as a stopping member does.
+        AnswerThenEnd { batches: usize },
+        /// Answers each batch with no answers at all.
+        AnswerNone,
+    }
+
+    struct StandInLeader {
+        script: Script,
+        streams: Arc<AtomicUsize>,
+    }
+
+    fn unused<T>() -> Result<Response<T>, Status> {
+        Err(Status::unimplemented("not part of the stand-in leader"))
+    }
+
+    type Answers<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl Peer for StandInLeader {
+        type AppendEntriesStream = Answers<RaftMessage>;
+        type ProposeStream = Answers<ProposeResponse>;
+
+        async fn append_entries(
+            &self,
+            _: Request<Streaming<RaftMessage>>,
+        ) -> Result<Response<Self::AppendEntriesStream>, Status> {
+            unused()
+        }
+
+        async fn vote(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            unused()
+        }
+
+        async fn install_snapshot(
+            &self,
+            _: Request<RaftMessage>,
+        ) -> Result<Response<RaftMessage>, Status> {
+            unused()
+        }
+
+        async fn propose(
+            &self,
+            request: Request<Streaming<RaftBatch>>,
+        ) -> Result<Response<Self::ProposeStream>, Status> {
+            self.streams.fetch_add(1, Ordering::SeqCst);
+            let batches = request.into_inner();
+            let answers: Self::ProposeStream = match self.script {
+                Script::AnswerThenEnd { batches: count } => {
+                    Box::pin(batches.take(count).map(|batch| {
+                        let applied = batch?
+                            .requests
+                            .iter()
+                            .map(|request| {
+                                let Some(raft_request::Request::Put(put)) = &request.request else {
+                                    panic!("the tests forward puts only");
+                                };
+                                postcard::to_allocvec(&Applied::Rejected {
+                                    code: 0,
+                                    message: String::from_utf8_lossy(&put.key).into_owned(),
+                                })
+                                .expect("encode an answer")
+                            })
+                            .collect();
+                        Ok(ProposeResponse { applied })
+                    }))
+                }
+                Script::AnswerNone => Box::pin(batches.map(|batch| {
+                    batch?;
+                    Ok(ProposeResponse::default())
+                })),
+            };
+            Ok(Response::new(answers))
+        }
+
+        async fn read_index(
+            &self,
+            _: Request<ReadIndexRequest>,
+        ) -> Result<Response<ReadIndexResponse>, Status> {
+            unused()
+        }
+
+        async fn change_membership(
+            &self,
+            _: Request<RaftMessage>,
+        ) -> Result<Response<RaftMessage>, Status> {
+            unused()
+        }
+
+        async fn campaign(
+            &self,
+            _: Request<CampaignRequest>,
+        ) -> Result<Response<CampaignResponse>, Status> {
+            unused()
+        }
+
+        async fn lease_renew(
+            &self,
+            _: Request<LeaseRenewRequest>,
+        ) -> Result<Response<LeaseRenewResponse>, Status> {
+            unused()
+        }
+
+        async fn lease_time_to_live(
+            &self,
+            _: Request<LeaseTimeToLiveRequest>,
+        ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+            unused()
+        }
+    }
+
+    /// Serves a stand-in leader on a free loopback port; returns it as a member and the
+    /// count of forward streams it has been opened.
+    async fn stand_in_leader(script: Script) -> (Member, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let streams = Arc::new(AtomicUsize::new(0));
+        let leader = StandInLeader {
+            script,
+            streams: streams.clone(),
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PeerServer::new(leader))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let member = Member {
+            name: "leader".into(),
+            peer_urls: vec![format!("http://{addr}")],
+            ..Member::default()
+        };
+        (member, streams)
+    }
+
+    fn put(key: &str) -> RaftRequest {
+        RaftRequest {
+            request: Some(raft_request::Request::Put(PutRequest {
+                key: key.as_bytes().to_vec(),
+                ..PutRequest::default()
+            })),
+        }
+    }
+
+    /// The key the stand-in leader answered the write with.
+    fn answered_key(answer: Result<Applied, Status>) -> String {
+        match answer {
+            Ok(Applied::Rejected { message, .. }) => message,
+            other => panic!("expected the stand-in leader's answer, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_each_get_their_own_answer_on_one_stream() {
+        let (leader, streams) = stand_in_leader(Script::AnswerThenEnd {
+            batches: usize::MAX,
+        })
+        .await;
+        let forwarder = Forwarder::start(Peers::new(None));
+        let writes = (0..200).map(|n| {
+            let (forwarder, leader) = (forwarder.clone(), leader.clone());
+            async move {
+                let key = format!("k{n}");
+                let answer = forwarder.forward(&leader, put(&key)).await;
+                (key, answer)
+            }
+        });
+        for (key, answer) in futures::future::join_all(writes).await {
+            assert_eq!(answered_key(answer), key);
+        }
+        assert_eq!(
+            streams.load(Ordering::SeqCst),
+            1,
+            "one stream carried them all"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_on_a_stream_the_leader_ended_gets_no_leader_and_the_next_opens_another() {
+        let (leader, streams) = stand_in_leader(Script::AnswerThenEnd { batches: 1 }).await;
+        let forwarder = Forwarder::start(Peers::new(None));
+
+        assert_eq!(
+            answered_key(forwarder.forward(&leader, put("a")).await),
+            "a"
+        );
+        let status = forwarder
+            .forward(&leader, put("b"))
+            .await
+            .expect_err("the stream ended before answering");
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), errors::no_leader().message());
+
+        assert_eq!(
+            answered_key(forwarder.forward(&leader, put("c")).await),
+            "c"
+        );
+        assert_eq!(streams.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_batch_answered_with_the_wrong_number_of_answers_fails_as_a_whole() {
+        let (leader, _) = stand_in_leader(Script::AnswerNone).await;
+        let forwarder = Forwarder::start(Peers::new(None));
+        let status = forwarder
+            .forward(&leader, put("a"))
+            .await
+            .expect_err("no answer for the write");
+        assert_eq!(status.code(), Code::Internal);
+        assert!(
+            status.message().contains("answered 0 of 1"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_leader_answers_no_leader() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        drop(listener);
+        let leader = Member {
+            name: "gone".into(),
+            peer_urls: vec![format!("http://{addr}")],
+            ..Member::default()
+        };
+        let forwarder = Forwarder::start(Peers::new(None));
+        let status = forwarder
+            .forward(&leader, put("a"))
+            .await
+            .expect_err("nobody listens");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+}
