@@ -278,7 +278,10 @@ pub async fn run(
         proposer: raft_node.proposer.clone(),
         store: raft_node.store.clone(),
         log: raft_node.log.clone(),
-        forwarder: Forwarder::start(peers.clone()),
+        forwarder: Forwarder::start(
+            peers.clone(),
+            crate::api::request_timeout(config.raft.election_timeout),
+        ),
         peers,
         cluster_token: config.cluster_token.clone(),
         election_timeout: config.raft.election_timeout,

@@ -57,10 +57,9 @@ fn unexpected() -> Status {
     Status::internal("etcdserver: the state machine answered a different request")
 }
 
-/// etcd's request timeout (5 s plus two election timeouts): how long a keepalive or a
-/// TimeToLive keeps trying to reach a ready primary.
+/// How long a keepalive or a TimeToLive keeps trying to reach a ready primary.
 fn request_timeout(node: &Node) -> Duration {
-    Duration::from_secs(5) + 2 * node.election_timeout
+    super::request_timeout(node.election_timeout)
 }
 
 /// What a request asks of the lessor primary.

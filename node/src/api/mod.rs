@@ -29,6 +29,12 @@ use crate::proto::etcdserverpb::{
 use crate::raft::{Applied, Forwarder, Member, MemberId, Peers, Proposer, Raft};
 use crate::store::Store;
 
+/// etcd's request timeout: 5 s plus two election timeouts. A write forwarded to the leader
+/// fails with "request timed out" when the leader has not answered it by then.
+pub fn request_timeout(election_timeout: Duration) -> Duration {
+    Duration::from_secs(5) + 2 * election_timeout
+}
+
 /// Limits an operator sets, with etcd's defaults.
 #[derive(Debug, Clone)]
 pub struct Limits {

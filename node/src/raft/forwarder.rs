@@ -5,11 +5,18 @@
 //! member. The forwarder keeps one stream open to the leader with a few batches on it at
 //! once and, while they travel, gathers what arrives; the next batch carries it all. A lone
 //! write still goes out at once. The leader answers a stream's batches in their order.
+//!
+//! A leader that stops answering without closing the connection (paused, or cut off while
+//! the others elect a new one) fails the stream once a batch has waited etcd's request
+//! timeout: its writes, and those queued behind them, get "request timed out", as a write
+//! waiting on etcd's proposal does, instead of waiting for HTTP/2 keepalive to give up.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
@@ -41,10 +48,11 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Starts the forwarder task. It ends when every handle is dropped.
-    pub fn start(peers: Peers) -> Forwarder {
+    /// Starts the forwarder task; a batch the leader has not answered within `timeout`
+    /// fails its stream. The task ends when every handle is dropped.
+    pub fn start(peers: Peers, timeout: Duration) -> Forwarder {
         let (queue, receiver) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(peers, receiver));
+        tokio::spawn(run(peers, timeout, receiver));
         Forwarder { queue }
     }
 
@@ -77,7 +85,7 @@ struct Link {
     batches: mpsc::Sender<Batch>,
 }
 
-async fn run(peers: Peers, mut receiver: mpsc::Receiver<Forward>) {
+async fn run(peers: Peers, timeout: Duration, mut receiver: mpsc::Receiver<Forward>) {
     let mut link: Option<Link> = None;
     // A write for another leader than the batch's (the leader changed meanwhile) starts the
     // next batch.
@@ -120,7 +128,7 @@ async fn run(peers: Peers, mut receiver: mpsc::Receiver<Forward>) {
             Some(link) => link.batches.clone(),
             None => {
                 let (batches, queued) = mpsc::channel(1);
-                tokio::spawn(carry(peers.clone(), leader.clone(), queued));
+                tokio::spawn(carry(peers.clone(), leader.clone(), timeout, queued));
                 link = Some(Link {
                     leader,
                     batches: batches.clone(),
@@ -136,10 +144,22 @@ async fn run(peers: Peers, mut receiver: mpsc::Receiver<Forward>) {
     }
 }
 
+/// The writes of a batch on its way, and when it was sent.
+struct Sent {
+    at: Instant,
+    replies: Vec<Reply>,
+}
+
 /// Sends the batches for `leader` on one stream and hands each write its answer. Ends when
-/// the stream fails (every write on its way or waiting gets the error) or when the last
-/// batch is answered after the forwarder moved on to another link.
-async fn carry(peers: Peers, leader: Member, mut batches: mpsc::Receiver<Batch>) {
+/// the stream fails or a batch waits longer than `timeout` (every write on its way or
+/// waiting gets the error), or when the last batch is answered after the forwarder moved on
+/// to another link.
+async fn carry(
+    peers: Peers,
+    leader: Member,
+    timeout: Duration,
+    mut batches: mpsc::Receiver<Batch>,
+) {
     let Some(first) = batches.recv().await else {
         return;
     };
@@ -148,7 +168,10 @@ async fn carry(peers: Peers, leader: Member, mut batches: mpsc::Receiver<Batch>)
     let _ = requests.try_send(RaftBatch {
         requests: first.requests,
     });
-    pending.push_back(first.replies);
+    pending.push_back(Sent {
+        at: Instant::now(),
+        replies: first.replies,
+    });
     let opened = match peers.client(&leader) {
         Ok(mut client) => client
             .propose(ReceiverStream::new(queued))
@@ -158,14 +181,21 @@ async fn carry(peers: Peers, leader: Member, mut batches: mpsc::Receiver<Batch>)
         Err(_) => Err(errors::no_leader()),
     };
     let status = match opened {
-        Ok(answers) => relay(&requests, answers, &mut batches, &mut pending).await,
+        Ok(answers) => {
+            let link = Relay {
+                requests: &requests,
+                answers,
+                timeout,
+            };
+            link.run(&mut batches, &mut pending).await
+        }
         Err(status) => Some(status),
     };
     let Some(status) = status else {
         return;
     };
-    for replies in pending {
-        fail(replies, &status);
+    for sent in pending {
+        fail(sent.replies, &status);
     }
     batches.close();
     while let Some(batch) = batches.recv().await {
@@ -173,42 +203,62 @@ async fn carry(peers: Peers, leader: Member, mut batches: mpsc::Receiver<Batch>)
     }
 }
 
-/// Moves batches onto the stream and answers off it until the forwarder has moved on and
-/// nothing is left on its way (`None`), or the stream fails (its error).
-async fn relay(
-    requests: &mpsc::Sender<RaftBatch>,
-    mut answers: Streaming<ProposeResponse>,
-    batches: &mut mpsc::Receiver<Batch>,
-    pending: &mut VecDeque<Vec<Reply>>,
-) -> Option<Status> {
-    let mut open = true;
-    loop {
-        tokio::select! {
-            batch = batches.recv(), if open && pending.len() < IN_FLIGHT => match batch {
-                Some(batch) => {
-                    // The channel has room for IN_FLIGHT batches, and no more are on their
-                    // way: this cannot wait.
-                    if requests.send(RaftBatch { requests: batch.requests }).await.is_err() {
-                        fail(batch.replies, &errors::no_leader());
-                        return Some(errors::no_leader());
+/// One open stream to the leader.
+struct Relay<'a> {
+    requests: &'a mpsc::Sender<RaftBatch>,
+    answers: Streaming<ProposeResponse>,
+    timeout: Duration,
+}
+
+impl Relay<'_> {
+    /// Moves batches onto the stream and answers off it until the forwarder has moved on
+    /// and nothing is left on its way (`None`), or the stream fails or the oldest batch on
+    /// it has waited `timeout` (the error).
+    async fn run(
+        mut self,
+        batches: &mut mpsc::Receiver<Batch>,
+        pending: &mut VecDeque<Sent>,
+    ) -> Option<Status> {
+        let mut open = true;
+        loop {
+            let oldest = pending.front().map(|sent| sent.at + self.timeout);
+            tokio::select! {
+                batch = batches.recv(), if open && pending.len() < IN_FLIGHT => match batch {
+                    Some(batch) => {
+                        // The channel has room for IN_FLIGHT batches, and no more are on
+                        // their way: this cannot wait.
+                        let sent = self.requests.send(RaftBatch { requests: batch.requests });
+                        if sent.await.is_err() {
+                            fail(batch.replies, &errors::no_leader());
+                            return Some(errors::no_leader());
+                        }
+                        pending.push_back(Sent { at: Instant::now(), replies: batch.replies });
                     }
-                    pending.push_back(batch.replies);
-                }
-                None if pending.is_empty() => return None,
-                None => open = false,
-            },
-            answer = answers.message(), if !pending.is_empty() => match answer {
-                Ok(Some(response)) => {
-                    let replies = pending.pop_front().unwrap_or_default();
-                    deliver(replies, response);
-                    if !open && pending.is_empty() {
-                        return None;
+                    None if pending.is_empty() => return None,
+                    None => open = false,
+                },
+                answer = self.answers.message(), if !pending.is_empty() => match answer {
+                    Ok(Some(response)) => {
+                        let replies = pending.pop_front().map(|sent| sent.replies);
+                        deliver(replies.unwrap_or_default(), response);
+                        if !open && pending.is_empty() {
+                            return None;
+                        }
                     }
-                }
-                Ok(None) => return Some(errors::no_leader()),
-                Err(status) => return Some(errors::from_peer_status(status)),
-            },
+                    Ok(None) => return Some(errors::no_leader()),
+                    Err(status) => return Some(errors::from_peer_status(status)),
+                },
+                () = sleep_until(oldest), if oldest.is_some() => return Some(errors::timeout()),
+            }
         }
+    }
+}
+
+/// Resolves at `deadline`; never without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -256,9 +306,14 @@ mod tests {
     };
     use crate::proto::etcdserverpb::{LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, PutRequest};
 
+    /// The forwarder's timeout where no test expects it to fire.
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
     /// How the stand-in leader answers the batches of each forward stream.
     #[derive(Clone, Copy)]
     enum Script {
+        /// Keeps each stream open and never answers (a paused leader).
+        Silent,
         /// Answers every write of the first `batches` batches with its key (as a rejection's
         /// message), then ends the stream as a stopping member does.
         AnswerThenEnd { batches: usize },
@@ -307,6 +362,7 @@ mod tests {
             self.streams.fetch_add(1, Ordering::SeqCst);
             let batches = request.into_inner();
             let answers: Self::ProposeStream = match self.script {
+                Script::Silent => Box::pin(futures::stream::pending()),
                 Script::AnswerThenEnd { batches: count } => {
                     Box::pin(batches.take(count).map(|batch| {
                         let applied = batch?
@@ -416,7 +472,7 @@ mod tests {
             batches: usize::MAX,
         })
         .await;
-        let forwarder = Forwarder::start(Peers::new(None));
+        let forwarder = Forwarder::start(Peers::new(None), TIMEOUT);
         let writes = (0..200).map(|n| {
             let (forwarder, leader) = (forwarder.clone(), leader.clone());
             async move {
@@ -438,7 +494,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_on_a_stream_the_leader_ended_gets_no_leader_and_the_next_opens_another() {
         let (leader, streams) = stand_in_leader(Script::AnswerThenEnd { batches: 1 }).await;
-        let forwarder = Forwarder::start(Peers::new(None));
+        let forwarder = Forwarder::start(Peers::new(None), TIMEOUT);
 
         assert_eq!(
             answered_key(forwarder.forward(&leader, put("a")).await),
@@ -461,7 +517,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_answered_with_the_wrong_number_of_answers_fails_as_a_whole() {
         let (leader, _) = stand_in_leader(Script::AnswerNone).await;
-        let forwarder = Forwarder::start(Peers::new(None));
+        let forwarder = Forwarder::start(Peers::new(None), TIMEOUT);
         let status = forwarder
             .forward(&leader, put("a"))
             .await
@@ -475,6 +531,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn writes_to_a_leader_that_stops_answering_fail_with_request_timed_out() {
+        const SHORT: Duration = Duration::from_millis(300);
+        let (leader, streams) = stand_in_leader(Script::Silent).await;
+        let forwarder = Forwarder::start(Peers::new(None), SHORT);
+        let started = Instant::now();
+        let (a, b) = tokio::join!(
+            forwarder.forward(&leader, put("a")),
+            forwarder.forward(&leader, put("b")),
+        );
+        assert!(started.elapsed() >= SHORT, "failed before the timeout");
+        for answer in [a, b] {
+            let status = answer.expect_err("nobody answered");
+            assert_eq!(status.code(), Code::Unavailable);
+            assert_eq!(status.message(), "etcdserver: request timed out");
+        }
+        let status = forwarder
+            .forward(&leader, put("c"))
+            .await
+            .expect_err("nobody answered");
+        assert_eq!(status.message(), "etcdserver: request timed out");
+        assert_eq!(
+            streams.load(Ordering::SeqCst),
+            2,
+            "the timed-out stream was replaced"
+        );
+    }
+
+    #[tokio::test]
     async fn an_unreachable_leader_answers_no_leader() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
@@ -484,7 +568,7 @@ mod tests {
             peer_urls: vec![format!("http://{addr}")],
             ..Member::default()
         };
-        let forwarder = Forwarder::start(Peers::new(None));
+        let forwarder = Forwarder::start(Peers::new(None), TIMEOUT);
         let status = forwarder
             .forward(&leader, put("a"))
             .await

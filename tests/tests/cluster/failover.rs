@@ -3,13 +3,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
 
 use crate::harness::{
-    expect_ok, linearizable_value, put_acknowledged, retry, wait_for_count, within, Cluster,
-    ClusterSpec, ELECTION_TIMEOUT, REQUEST_TIMEOUT,
+    connect, expect_ok, linearizable_value, put_acknowledged, retry, wait_for_count, within,
+    Cluster, ClusterSpec, ELECTION_TIMEOUT, REQUEST_TIMEOUT,
 };
 
 /// Acknowledged writes wanted before the kill, and again after the new election.
@@ -180,6 +180,46 @@ async fn sigterm_stops_a_busy_member_cleanly_and_it_rejoins() {
         .filter(|key| !stored.contains(&key.as_bytes()))
         .collect();
     assert!(lost.is_empty(), "acknowledged writes missing: {lost:?}");
+    cluster.assert_converged(&[0, 1, 2]).await;
+}
+
+/// A write that reaches a follower just as its leader freezes (SIGSTOP: the connection stays
+/// open, nothing answers) is forwarded to the frozen leader. It must end as etcd's would,
+/// with "request timed out" after etcd's request timeout (5 s plus two election timeouts),
+/// not wait for the connection's keepalive to give up; writes then go on through the new
+/// leader.
+#[tokio::test]
+async fn a_write_forwarded_to_a_frozen_leader_times_out_like_etcds() {
+    let request_timeout = Duration::from_secs(5) + 2 * ELECTION_TIMEOUT;
+    let mut cluster = Cluster::start(ClusterSpec::new(3)).await;
+    let leader = cluster.leader().await;
+    let follower = (0..cluster.len())
+        .find(|&i| i != leader)
+        .expect("a follower");
+    let patient = Duration::from_secs(60);
+    let mut client = connect(cluster.member(follower).endpoint(), patient).await;
+    put_acknowledged(&client, "before", "1").await;
+
+    cluster.member_mut(leader).pause();
+    let sent = Instant::now();
+    let answer = within(patient, client.put("during", "1", None)).await;
+    let waited = sent.elapsed();
+    // Writes that are already on their way to the leader are never retried elsewhere.
+    if let Err(error) = &answer {
+        assert!(
+            error.contains("etcdserver: request timed out"),
+            "after {waited:?}: {error}"
+        );
+    }
+    assert!(
+        waited < request_timeout * 2,
+        "the write took {waited:?}; etcd's request timeout is {request_timeout:?}"
+    );
+
+    let survivors: Vec<usize> = (0..cluster.len()).filter(|&i| i != leader).collect();
+    cluster.leader_among(&survivors).await;
+    put_acknowledged(&client, "after", "1").await;
+    cluster.member_mut(leader).resume();
     cluster.assert_converged(&[0, 1, 2]).await;
 }
 
