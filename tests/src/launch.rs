@@ -1,8 +1,10 @@
-//! A `cairn` process that ended before it was ready: why, from its log.
+//! A `cairn` process that ended before it was ready: why, from its log; and waiting for a
+//! process to end.
 
 use std::fs;
 use std::path::Path;
-use std::process::Child;
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
 
 /// Why a launch did not give a ready process.
 pub enum LaunchError {
@@ -26,4 +28,21 @@ pub fn exited(child: &mut Child, log: &Path, launch_offset: u64) -> Option<Launc
     Some(LaunchError::Failed(format!(
         "exited with {status} before it was ready"
     )))
+}
+
+/// Waits for `child` to exit, polling every `poll`; `None` if it still runs at `deadline`.
+pub async fn wait_for_exit(
+    child: &mut Child,
+    deadline: Instant,
+    poll: Duration,
+) -> Option<ExitStatus> {
+    loop {
+        if let Some(status) = child.try_wait().expect("poll the cairn process") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(poll).await;
+    }
 }

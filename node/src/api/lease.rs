@@ -57,11 +57,6 @@ fn unexpected() -> Status {
     Status::internal("etcdserver: the state machine answered a different request")
 }
 
-/// How long a keepalive or a TimeToLive keeps trying to reach a ready primary.
-fn request_timeout(node: &Node) -> Duration {
-    super::request_timeout(node.election_timeout)
-}
-
 /// What a request asks of the lessor primary.
 enum Ask {
     Renew(i64),
@@ -75,7 +70,7 @@ enum Answer {
 
 /// Asks the lessor primary, here or on the leader; `None` if the lease does not exist.
 async fn ask_primary(node: &Node, ask: &Ask) -> Result<Option<Answer>, Status> {
-    let deadline = Instant::now() + request_timeout(node);
+    let deadline = Instant::now() + super::request_timeout(node.election_timeout);
     loop {
         let outcome = match node.route().await? {
             Route::Here => match ask {

@@ -181,14 +181,7 @@ async fn carry(
         Err(_) => Err(errors::no_leader()),
     };
     let status = match opened {
-        Ok(answers) => {
-            let link = Relay {
-                requests: &requests,
-                answers,
-                timeout,
-            };
-            link.run(&mut batches, &mut pending).await
-        }
+        Ok(answers) => relay(&requests, answers, timeout, &mut batches, &mut pending).await,
         Err(status) => Some(status),
     };
     let Some(status) = status else {
@@ -203,53 +196,45 @@ async fn carry(
     }
 }
 
-/// One open stream to the leader.
-struct Relay<'a> {
-    requests: &'a mpsc::Sender<RaftBatch>,
-    answers: Streaming<ProposeResponse>,
+/// Moves batches onto the stream and answers off it until the forwarder has moved on and
+/// nothing is left on its way (`None`), or the stream fails or the oldest batch on it has
+/// waited `timeout` (the error).
+async fn relay(
+    requests: &mpsc::Sender<RaftBatch>,
+    mut answers: Streaming<ProposeResponse>,
     timeout: Duration,
-}
-
-impl Relay<'_> {
-    /// Moves batches onto the stream and answers off it until the forwarder has moved on
-    /// and nothing is left on its way (`None`), or the stream fails or the oldest batch on
-    /// it has waited `timeout` (the error).
-    async fn run(
-        mut self,
-        batches: &mut mpsc::Receiver<Batch>,
-        pending: &mut VecDeque<Sent>,
-    ) -> Option<Status> {
-        let mut open = true;
-        loop {
-            let oldest = pending.front().map(|sent| sent.at + self.timeout);
-            tokio::select! {
-                batch = batches.recv(), if open && pending.len() < IN_FLIGHT => match batch {
-                    Some(batch) => {
-                        // The channel has room for IN_FLIGHT batches, and no more are on
-                        // their way: this cannot wait.
-                        let sent = self.requests.send(RaftBatch { requests: batch.requests });
-                        if sent.await.is_err() {
-                            fail(batch.replies, &errors::no_leader());
-                            return Some(errors::no_leader());
-                        }
-                        pending.push_back(Sent { at: Instant::now(), replies: batch.replies });
+    batches: &mut mpsc::Receiver<Batch>,
+    pending: &mut VecDeque<Sent>,
+) -> Option<Status> {
+    let mut open = true;
+    loop {
+        let oldest = pending.front().map(|sent| sent.at + timeout);
+        tokio::select! {
+            batch = batches.recv(), if open && pending.len() < IN_FLIGHT => match batch {
+                Some(batch) => {
+                    // The channel has room for IN_FLIGHT batches, and no more are on their
+                    // way: this cannot wait.
+                    if requests.send(RaftBatch { requests: batch.requests }).await.is_err() {
+                        fail(batch.replies, &errors::no_leader());
+                        return Some(errors::no_leader());
                     }
-                    None if pending.is_empty() => return None,
-                    None => open = false,
-                },
-                answer = self.answers.message(), if !pending.is_empty() => match answer {
-                    Ok(Some(response)) => {
-                        let replies = pending.pop_front().map(|sent| sent.replies);
-                        deliver(replies.unwrap_or_default(), response);
-                        if !open && pending.is_empty() {
-                            return None;
-                        }
+                    pending.push_back(Sent { at: Instant::now(), replies: batch.replies });
+                }
+                None if pending.is_empty() => return None,
+                None => open = false,
+            },
+            answer = answers.message(), if !pending.is_empty() => match answer {
+                Ok(Some(response)) => {
+                    let replies = pending.pop_front().map(|sent| sent.replies);
+                    deliver(replies.unwrap_or_default(), response);
+                    if !open && pending.is_empty() {
+                        return None;
                     }
-                    Ok(None) => return Some(errors::no_leader()),
-                    Err(status) => return Some(errors::from_peer_status(status)),
-                },
-                () = sleep_until(oldest), if oldest.is_some() => return Some(errors::timeout()),
-            }
+                }
+                Ok(None) => return Some(errors::no_leader()),
+                Err(status) => return Some(errors::from_peer_status(status)),
+            },
+            () = sleep_until(oldest) => return Some(errors::timeout()),
         }
     }
 }
@@ -441,12 +426,16 @@ mod tests {
                 .add_service(PeerServer::new(leader))
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
-        let member = Member {
-            name: "leader".into(),
+        (member_at(addr), streams)
+    }
+
+    /// A member whose peer URL is `addr`.
+    fn member_at(addr: std::net::SocketAddr) -> Member {
+        Member {
+            name: addr.to_string(),
             peer_urls: vec![format!("http://{addr}")],
             ..Member::default()
-        };
-        (member, streams)
+        }
     }
 
     fn put(key: &str) -> RaftRequest {
@@ -563,11 +552,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         drop(listener);
-        let leader = Member {
-            name: "gone".into(),
-            peer_urls: vec![format!("http://{addr}")],
-            ..Member::default()
-        };
+        let leader = member_at(addr);
         let forwarder = Forwarder::start(Peers::new(None), TIMEOUT);
         let status = forwarder
             .forward(&leader, put("a"))

@@ -15,7 +15,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub use cairn_tests::cairn_bin;
-use cairn_tests::launch::{exited, LaunchError};
+use cairn_tests::launch::{exited, wait_for_exit, LaunchError};
 use etcd_client::{Client, ConnectOptions, KeyValue, ResponseHeader};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
@@ -187,17 +187,13 @@ impl Node {
             .id();
         let pid = Pid::from_raw(i32::try_from(id).expect("pid fits in i32"));
         signal::kill(pid, sig).expect("send the signal");
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let child = self.child.as_mut().expect("a running node");
-            if let Some(status) = child.try_wait().expect("poll the node's exit") {
+        let child = self.child.as_mut().expect("a running node");
+        match wait_for_exit(child, Instant::now() + DEADLINE, POLL_INTERVAL).await {
+            Some(status) => {
                 self.child = None;
-                return status;
+                status
             }
-            if Instant::now() >= deadline {
-                self.fail(&format!("no exit within {DEADLINE:?} after {sig}"));
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
+            None => self.fail(&format!("no exit within {DEADLINE:?} after {sig}")),
         }
     }
 

@@ -46,6 +46,39 @@ async fn write_until_stopped(
     keys
 }
 
+/// Fails unless a linearizable read through member `index` finds every write of `written`
+/// (as [`write_until_stopped`] made them: each key its own value).
+async fn assert_none_missing(cluster: &Cluster, index: usize, written: &[String]) {
+    let client = cluster.member(index).client().await;
+    let stored = expect_ok(
+        retry("a linearizable read of every written key", || {
+            let mut client = client.clone();
+            async move {
+                client
+                    .get("w/", Some(GetOptions::new().with_prefix()))
+                    .await
+            }
+        })
+        .await,
+    );
+    let stored: Vec<(&[u8], &[u8])> = stored
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key(), kv.value()))
+        .collect();
+    let lost: Vec<&String> = written
+        .iter()
+        .filter(|key| !stored.contains(&(key.as_bytes(), key.as_bytes())))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes missing on {}: {lost:?}",
+        lost.len(),
+        written.len(),
+        cluster.member(index).name()
+    );
+}
+
 #[tokio::test]
 async fn killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
     let mut cluster = Cluster::start(ClusterSpec::new(3)).await;
@@ -88,34 +121,7 @@ async fn killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
     let written = writer.await.expect("the writer task");
 
     for &index in &survivors {
-        let client = cluster.member(index).client().await;
-        let stored = expect_ok(
-            retry("a linearizable read of every written key", || {
-                let mut client = client.clone();
-                async move {
-                    client
-                        .get("w/", Some(GetOptions::new().with_prefix()))
-                        .await
-                }
-            })
-            .await,
-        );
-        let stored: Vec<(&[u8], &[u8])> = stored
-            .kvs()
-            .iter()
-            .map(|kv| (kv.key(), kv.value()))
-            .collect();
-        let lost: Vec<&String> = written
-            .iter()
-            .filter(|key| !stored.contains(&(key.as_bytes(), key.as_bytes())))
-            .collect();
-        assert!(
-            lost.is_empty(),
-            "{} of {} acknowledged writes missing on {}: {lost:?}",
-            lost.len(),
-            written.len(),
-            cluster.member(index).name()
-        );
+        assert_none_missing(&cluster, index, &written).await;
     }
 
     cluster.member_mut(old_leader).restart().await;
@@ -162,24 +168,7 @@ async fn sigterm_stops_a_busy_member_cleanly_and_it_rejoins() {
     stop.store(true, Ordering::Relaxed);
     let written = writer.await.expect("the writer task");
 
-    let client = cluster.member(leader).client().await;
-    let stored = expect_ok(
-        retry("a linearizable read of every written key", || {
-            let mut client = client.clone();
-            async move {
-                client
-                    .get("w/", Some(GetOptions::new().with_prefix().with_keys_only()))
-                    .await
-            }
-        })
-        .await,
-    );
-    let stored: Vec<&[u8]> = stored.kvs().iter().map(|kv| kv.key()).collect();
-    let lost: Vec<&String> = written
-        .iter()
-        .filter(|key| !stored.contains(&key.as_bytes()))
-        .collect();
-    assert!(lost.is_empty(), "acknowledged writes missing: {lost:?}");
+    assert_none_missing(&cluster, leader, &written).await;
     cluster.assert_converged(&[0, 1, 2]).await;
 }
 

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_tests::cairn_bin;
-use cairn_tests::launch::{exited, LaunchError};
+use cairn_tests::launch::{exited, wait_for_exit, LaunchError};
 use etcd_client::{Client, ConnectOptions, GetOptions, MemberAddOptions};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
@@ -208,20 +208,16 @@ impl Member {
     /// test if it is still running after [`STOP_DEADLINE`].
     pub async fn terminate(&mut self) -> ExitStatus {
         self.signal(Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_DEADLINE;
-        loop {
-            let child = self
-                .child
-                .as_mut()
-                .expect("terminate() needs a running member");
-            if let Some(status) = child.try_wait().expect("poll the member's exit") {
+        let child = self
+            .child
+            .as_mut()
+            .expect("terminate() needs a running member");
+        match wait_for_exit(child, Instant::now() + STOP_DEADLINE, POLL_INTERVAL).await {
+            Some(status) => {
                 self.child = None;
-                return status;
+                status
             }
-            if Instant::now() >= deadline {
-                self.fail(&format!("still running {STOP_DEADLINE:?} after SIGTERM"));
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
+            None => self.fail(&format!("still running {STOP_DEADLINE:?} after SIGTERM")),
         }
     }
 
