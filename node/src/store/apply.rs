@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use redb::ReadOnlyTable;
 
-use super::codec::{encode_tombstone, NewVersion, Stored, REVISIONS};
+use super::codec::{encode_tombstone, NewVersion, Stored, VERSIONS};
 use super::error::{KvError, StoreError};
 use super::history::to_event;
 use super::index::{
@@ -80,7 +80,7 @@ impl VersionSource for Batch<'_> {
         let file = match self.file.get() {
             Some(file) => file,
             None => {
-                let table = self.db.begin_read()?.open_table(REVISIONS)?;
+                let table = self.db.begin_read()?.open_table(VERSIONS)?;
                 self.file.get_or_init(|| FileVersions(table))
             }
         };

@@ -9,8 +9,15 @@ use super::index::Revision;
 use crate::proto::etcdserverpb::{AlarmMember, AlarmResponse};
 use crate::proto::mvccpb::KeyValue;
 
-/// Revision (16 bytes, big-endian main then sub) to a stored version.
-pub(crate) const REVISIONS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("revisions");
+/// Stored versions in chunks of consecutive revisions, each under its newest revision (16
+/// bytes, big-endian main then sub); see [`super::chunks`].
+pub(crate) const VERSIONS: TableDefinition<&[u8; 16], &[u8]> =
+    TableDefinition::new("version_chunks");
+
+/// The layout of files written before chunks: revision to stored version, one row each.
+/// [`super::Store::open`] moves its rows into [`VERSIONS`].
+pub(crate) const LEGACY_REVISIONS: TableDefinition<&[u8; 16], &[u8]> =
+    TableDefinition::new("revisions");
 
 /// Store-wide facts, by the names below.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");

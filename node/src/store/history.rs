@@ -5,7 +5,8 @@
 use std::ops::Bound;
 use std::sync::{Arc, Weak};
 
-use super::codec::{Stored, REVISIONS};
+use super::chunks;
+use super::codec::{Stored, VERSIONS};
 use super::error::{KvError, StoreError};
 use super::index::{IndexView, KeySpan, Revision};
 use super::range::{read_version, FileVersions, GatheredVersions};
@@ -116,13 +117,13 @@ impl Store {
                 to,
             )
         };
-        let table = read.open_table(REVISIONS)?;
+        let table = read.open_table(VERSIONS)?;
         let last = Revision {
             main: to,
             sub: i64::MAX,
         }
         .to_key();
-        let mut file = table.range::<&[u8; 16]>(&first..=&last)?.peekable();
+        let mut file = chunks::range(&table, &first, &last)?.peekable();
         let mut memory = memory.into_iter().peekable();
         let mut page = PageBuilder {
             span,
@@ -142,7 +143,6 @@ impl Store {
                 (Some(Err(_)), _) | (Some(Ok(_)), None) => true,
                 (None, Some(_)) => false,
                 (Some(Ok((stored_key, _))), Some((memory_key, _))) => {
-                    let stored_key = stored_key.value();
                     if stored_key == memory_key {
                         file.next();
                         false
@@ -153,7 +153,7 @@ impl Store {
             };
             let more = if from_file {
                 let (stored_key, stored) = file.next().expect("peeked")?;
-                page.take(Revision::from_key(stored_key.value()), stored.value())?
+                page.take(Revision::from_key(&stored_key), &stored)?
             } else {
                 let (memory_key, stored) = memory.next().expect("peeked");
                 page.take(Revision::from_key(&memory_key), &stored)?
@@ -191,7 +191,7 @@ impl Store {
             if needs_file {
                 // Opened under the lock: it holds every version the index named.
                 let read = self.inner.db.begin_read()?;
-                versions.file = Some(FileVersions(read.open_table(REVISIONS)?));
+                versions.file = Some(FileVersions(read.open_table(VERSIONS)?));
             }
             versions
         };

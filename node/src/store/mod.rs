@@ -27,6 +27,7 @@
 
 mod apply;
 mod backup;
+mod chunks;
 mod codec;
 mod error;
 mod history;
@@ -45,7 +46,7 @@ use std::sync::{
 };
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableTable};
+use redb::{Database, Durability, ReadableTable, TableHandle};
 
 pub use error::{KvError, StoreError};
 pub use history::{ChangeSink, EventPage};
@@ -54,7 +55,8 @@ pub use lease::{Lease, LeaseChange, MAX_LEASE_TTL};
 use apply::Batch;
 use codec::{
     encode_alarms, encode_i64, encode_lease, parse_snapshot, SnapshotRecord, SnapshotWriter,
-    LEASES, META, META_ALARMS, META_COMPACT_REVISION, META_RAFT, META_REVISION, REVISIONS,
+    LEASES, LEGACY_REVISIONS, META, META_ALARMS, META_COMPACT_REVISION, META_RAFT, META_REVISION,
+    VERSIONS,
 };
 use index::Revision;
 use range::{finish_range, plan_range, read_versions, FileVersions, GatheredVersions};
@@ -168,13 +170,20 @@ impl Inner {
             txn.set_durability(Durability::None);
         }
         {
-            let mut revisions = txn.open_table(REVISIONS)?;
-            for (key, value) in set.versions.iter() {
-                revisions.insert(key, &**value)?;
-            }
-            for key in &set.removed {
-                revisions.remove(key)?;
-            }
+            let mut versions = txn.open_table(VERSIONS)?;
+            // Compaction may have removed versions this flush would write; the rest of its
+            // removals are in the file.
+            let mut removed = set.removed.clone();
+            removed.sort_unstable();
+            chunks::insert(
+                &mut versions,
+                set.versions
+                    .iter()
+                    .filter(|(key, _)| removed.binary_search(key).is_err())
+                    .map(|(key, value)| (*key, &**value)),
+            )?;
+            removed.retain(|key| !set.versions.contains_key(key));
+            chunks::remove(&mut versions, &removed)?;
             let mut leases = txn.open_table(LEASES)?;
             for &(id, ttl) in &set.leases {
                 match ttl {
@@ -236,7 +245,8 @@ impl Store {
             .set_cache_size(STATE_CACHE_BYTES)
             .create(path)?;
         let txn = db.begin_write()?;
-        txn.open_table(REVISIONS)?;
+        migrate_legacy_revisions(&txn)?;
+        txn.open_table(VERSIONS)?;
         txn.open_table(META)?;
         txn.open_table(LEASES)?;
         txn.commit()?;
@@ -398,7 +408,7 @@ impl Store {
                 GatheredVersions::gather(&state.unflushed, &plan.revisions);
             if needs_file {
                 let read = self.inner.db.begin_read()?;
-                versions.file = Some(FileVersions(read.open_table(REVISIONS)?));
+                versions.file = Some(FileVersions(read.open_table(VERSIONS)?));
             }
             (plan, versions)
         };
@@ -494,17 +504,17 @@ impl Store {
             };
             (state.compact_revision, at)
         };
-        let revisions = read.open_table(REVISIONS)?;
+        let versions = read.open_table(VERSIONS)?;
         let mut hasher = crc32fast::Hasher::new();
         let last = Revision {
             main: at,
             sub: i64::MAX,
         }
         .to_key();
-        for entry in revisions.range::<&[u8; 16]>(..=&last)? {
+        for entry in chunks::range(&versions, &[0; 16], &last)? {
             let (revision, value) = entry?;
-            hasher.update(revision.value());
-            hasher.update(value.value());
+            hasher.update(&revision);
+            hasher.update(&value);
         }
         Ok((hasher.finalize(), compact_revision, at))
     }
@@ -520,9 +530,9 @@ impl Store {
             let (name, value) = entry?;
             snapshot.record(SnapshotRecord::Meta(name.value(), value.value()))?;
         }
-        for entry in read.open_table(REVISIONS)?.iter()? {
+        for entry in chunks::all(&read.open_table(VERSIONS)?)? {
             let (revision, value) = entry?;
-            snapshot.record(SnapshotRecord::Version(revision.value(), value.value()))?;
+            snapshot.record(SnapshotRecord::Version(&revision, &value))?;
         }
         for entry in read.open_table(LEASES)?.iter()? {
             let (id, value) = entry?;
@@ -578,22 +588,26 @@ impl Store {
             .expect("store flusher lock poisoned");
         // Durability::Immediate, redb's default: durable on return, as the caller requires.
         let txn = self.inner.db.begin_write()?;
-        txn.delete_table(REVISIONS)?;
+        txn.delete_table(VERSIONS)?;
         txn.delete_table(META)?;
         txn.delete_table(LEASES)?;
         {
-            let mut revisions = txn.open_table(REVISIONS)?;
             let mut meta = txn.open_table(META)?;
             let mut leases = txn.open_table(LEASES)?;
+            let mut versions = Vec::new();
             for record in records {
                 match *record {
-                    SnapshotRecord::Meta(name, value) => meta.insert(name, value)?,
-                    SnapshotRecord::Version(revision, value) => {
-                        revisions.insert(revision, value)?
+                    SnapshotRecord::Meta(name, value) => {
+                        meta.insert(name, value)?;
                     }
-                    SnapshotRecord::Lease(id, value) => leases.insert(id, value)?,
-                };
+                    SnapshotRecord::Version(revision, value) => versions.push((*revision, value)),
+                    SnapshotRecord::Lease(id, value) => {
+                        leases.insert(id, value)?;
+                    }
+                }
             }
+            // The state builder above accepted the versions only in revision order.
+            chunks::insert(&mut txn.open_table(VERSIONS)?, versions)?;
         }
         // Versions the published index names are gone once this commits.
         let mut published = self.inner.state_mut();
@@ -620,15 +634,46 @@ fn load_state(db: &Database) -> Result<State, StoreError> {
         let (name, value) = entry?;
         builder.record(&SnapshotRecord::Meta(name.value(), value.value()))?;
     }
-    for entry in read.open_table(REVISIONS)?.iter()? {
+    for entry in chunks::all(&read.open_table(VERSIONS)?)? {
         let (revision, value) = entry?;
-        builder.record(&SnapshotRecord::Version(revision.value(), value.value()))?;
+        builder.record(&SnapshotRecord::Version(&revision, &value))?;
     }
     for entry in read.open_table(LEASES)?.iter()? {
         let (id, value) = entry?;
         builder.record(&SnapshotRecord::Lease(id.value(), value.value()))?;
     }
     builder.finish()
+}
+
+/// Moves the versions of a file written before chunks into [`VERSIONS`], in the opening
+/// transaction.
+fn migrate_legacy_revisions(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let legacy = txn
+        .list_tables()?
+        .any(|table| table.name() == LEGACY_REVISIONS.name());
+    if !legacy {
+        return Ok(());
+    }
+    {
+        let old = txn.open_table(LEGACY_REVISIONS)?;
+        let mut rows = Vec::new();
+        for entry in old.iter()? {
+            let (revision, value) = entry?;
+            rows.push((*revision.value(), value.value().to_vec()));
+        }
+        let mut versions = txn.open_table(VERSIONS)?;
+        chunks::insert(
+            &mut versions,
+            rows.iter()
+                .map(|(revision, value)| (*revision, value.as_slice())),
+        )?;
+        tracing::info!(
+            versions = rows.len(),
+            "packed the state file's versions into chunks"
+        );
+    }
+    txn.delete_table(LEGACY_REVISIONS)?;
+    Ok(())
 }
 
 /// How much unflushed data makes a batch flush at once rather than wait for the next sync.

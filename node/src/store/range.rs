@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use redb::{ReadOnlyTable, ReadableTable};
 
+use super::chunks;
 use super::codec::Stored;
 use super::error::{KvError, StoreError};
 use super::index::{IndexView, KeySpan, Revision};
@@ -99,7 +100,7 @@ impl<T: ReadableTable<&'static [u8; 16], &'static [u8]>> VersionSource for FileV
         revision: &RevisionKey,
         read: impl FnOnce(&[u8]) -> R,
     ) -> Result<Option<R>, StoreError> {
-        Ok(self.0.get(revision)?.map(|stored| read(stored.value())))
+        chunks::with_version(&self.0, revision, read)
     }
 }
 

@@ -1117,6 +1117,55 @@ fn reopening_recovers_data_counters_alarms_and_raft_meta() {
 }
 
 #[test]
+fn a_file_with_one_row_per_revision_is_packed_into_chunks_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let expected = {
+        let store = Store::open(&path).unwrap();
+        for round in 0..300u32 {
+            put(&store, format!("key{}", round % 40).as_bytes(), &[7; 300]);
+        }
+        delete(&store, b"key1", b"");
+        compact(&store, 100).unwrap();
+        store.sync().unwrap();
+        (
+            store.range(&range_request(b"", b"\0")).unwrap(),
+            store.hash_kv(0).unwrap(),
+        )
+    };
+    // The file rewritten to the layout of earlier releases.
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let rows: Vec<_> = chunks::all(&txn.open_table(VERSIONS).unwrap())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // Puts at revisions 2 to 301, the delete at 302; compaction at 100 kept each key's
+        // version current there.
+        assert_eq!(rows.len(), 40 + 201 + 1);
+        {
+            let mut legacy = txn.open_table(LEGACY_REVISIONS).unwrap();
+            for (revision, value) in &rows {
+                legacy.insert(revision, value.as_slice()).unwrap();
+            }
+        }
+        txn.delete_table(VERSIONS).unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.range(&range_request(b"", b"\0")).unwrap(), expected.0);
+    assert_eq!(store.hash_kv(0).unwrap(), expected.1);
+    drop(store);
+    let db = Database::open(&path).unwrap();
+    let read = db.begin_read().unwrap();
+    assert!(read
+        .list_tables()
+        .unwrap()
+        .all(|table| table.name() != LEGACY_REVISIONS.name()));
+}
+
+#[test]
 fn unsynced_batches_are_lost_after_a_crash_together_with_their_raft_meta() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
