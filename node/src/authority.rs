@@ -58,14 +58,6 @@ enum State {
 }
 
 impl AuthorityFix {
-    /// A reader that passes every byte on unchanged from the start.
-    pub fn passthrough() -> Self {
-        AuthorityFix {
-            state: State::Passthrough,
-            ..AuthorityFix::default()
-        }
-    }
-
     /// Whether every further byte passes unchanged and nothing is held.
     pub fn passes_through(&self) -> bool {
         self.state == State::Passthrough && self.held.is_empty()

@@ -32,9 +32,7 @@ use std::task::{ready, Context, Poll};
 
 use futures::future::BoxFuture;
 
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tonic::transport::server::Connected;
 
 use crate::authority::AuthorityFix;
@@ -132,18 +130,6 @@ where
     }
 }
 
-/// When a flush of waiting bytes first yields a round of the scheduler.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Gather {
-    /// Never (the peer listener).
-    Never,
-    /// While other requests of the connection are being answered, or in fan-out mode
-    /// unless an answer became ready (an accepted client connection).
-    WhileAnswering,
-    /// Always (a connection this process opened as a client).
-    Always,
-}
-
 /// A connection whose writes wait for the flush (see the module documentation).
 pub struct Coalesced<T> {
     inner: T,
@@ -155,8 +141,8 @@ pub struct Coalesced<T> {
     yielded: bool,
     /// `Flow::answered` as the last flush saw it.
     answers_seen: usize,
-    /// When a flush waits a round.
-    gather: Gather,
+    /// Every write leaves at the next flush, without waiting a round (`coalesce` off).
+    flush_at_once: bool,
     /// The read side: what etcdctl 3.4 sends as `:authority` is made acceptable to h2.
     authority: AuthorityFix,
     /// Bytes read and fixed, not yet taken by HTTP/2, from `read_at` on.
@@ -165,29 +151,8 @@ pub struct Coalesced<T> {
 }
 
 impl<T> Coalesced<T> {
-    /// An accepted connection. `coalesce`: whether flushes wait a round at all (see the
-    /// module documentation).
+    /// `coalesce`: whether flushes wait a round at all (see the module documentation).
     pub fn new(inner: T, identity: ClientIdentity, coalesce: bool) -> Self {
-        let gather = if coalesce {
-            Gather::WhileAnswering
-        } else {
-            Gather::Never
-        };
-        Coalesced::with(inner, identity, gather, AuthorityFix::default())
-    }
-
-    /// A connection this process opened as a client: every flush waits a round, so the
-    /// requests that the client's other tasks are about to send leave with it.
-    pub fn outgoing(inner: T) -> Self {
-        Coalesced::with(
-            inner,
-            ClientIdentity::default(),
-            Gather::Always,
-            AuthorityFix::passthrough(),
-        )
-    }
-
-    fn with(inner: T, identity: ClientIdentity, gather: Gather, authority: AuthorityFix) -> Self {
         Coalesced {
             inner,
             connection: Connection {
@@ -202,8 +167,8 @@ impl<T> Coalesced<T> {
             written: 0,
             yielded: false,
             answers_seen: 0,
-            gather,
-            authority,
+            flush_at_once: !coalesce,
+            authority: AuthorityFix::default(),
             readable: Vec::new(),
             read_at: 0,
         }
@@ -232,7 +197,7 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
         if self.buffer.len() + len > BUFFER_LIMIT {
             ready!(self.poll_drain(cx))?;
         }
-        let at_once = self.gather == Gather::Never;
+        let at_once = self.flush_at_once;
         Poll::Ready(Ok(len > BUFFER_LIMIT || (at_once && self.buffer.is_empty())))
     }
 }
@@ -278,11 +243,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
             let answered = flow.answered.load(Ordering::Relaxed);
             let new_answers = answered != this.answers_seen;
             this.answers_seen = answered;
-            let others_pending = match this.gather {
-                Gather::Never => false,
-                Gather::Always => true,
-                Gather::WhileAnswering if flow.fan_out.load(Ordering::Relaxed) => !new_answers,
-                Gather::WhileAnswering => flow.in_flight.load(Ordering::Relaxed) > 0,
+            let others_pending = if this.flush_at_once {
+                false
+            } else if flow.fan_out.load(Ordering::Relaxed) {
+                !new_answers
+            } else {
+                flow.in_flight.load(Ordering::Relaxed) > 0
             };
             if !this.yielded && others_pending {
                 // A task that wakes itself goes to the back of its worker's queue, behind
@@ -348,46 +314,6 @@ impl<T> Connected for Coalesced<T> {
 
     fn connect_info(&self) -> Connection {
         self.connection.clone()
-    }
-}
-
-/// Opens a TCP connection (without Nagle's delay) to the host and port of `uri`; also
-/// returns the host, without an IPv6 address's brackets.
-pub async fn dial(uri: &http::Uri) -> io::Result<(String, TcpStream)> {
-    let host = uri
-        .host()
-        .ok_or_else(|| io::Error::other(format!("{uri}: no host")))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = uri
-        .port_u16()
-        .ok_or_else(|| io::Error::other(format!("{uri}: no port")))?;
-    let tcp = TcpStream::connect((host.as_str(), port)).await?;
-    tcp.set_nodelay(true)?;
-    Ok((host, tcp))
-}
-
-/// A tonic connector for plain `http://` URIs whose connections are
-/// [`Coalesced::outgoing`]: the requests of many concurrent calls leave in one write, as
-/// grpc-go's clients send them.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CoalescingConnector;
-
-impl tower_service::Service<http::Uri> for CoalescingConnector {
-    type Response = TokioIo<Coalesced<TcpStream>>;
-    type Error = io::Error;
-    type Future = BoxFuture<'static, io::Result<Self::Response>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        Box::pin(async move {
-            let (_, tcp) = dial(&uri).await?;
-            Ok(TokioIo::new(Coalesced::outgoing(tcp)))
-        })
     }
 }
 
@@ -561,35 +487,6 @@ mod tests {
         let at = expected.windows(7).position(|w| w == b"http://").unwrap();
         expected[at..at + 7].copy_from_slice(b"http:_@");
         assert_eq!(got, expected);
-    }
-
-    #[tokio::test]
-    async fn an_outgoing_connection_always_waits_a_round_and_reads_unchanged() {
-        let (client, mut server) = tokio::io::duplex(1 << 20);
-        let mut client = Coalesced::outgoing(client);
-        let waker = futures::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        client.write_all(b"request ").await.unwrap();
-        assert!(
-            Pin::new(&mut client).poll_flush(&mut cx).is_pending(),
-            "the first flush waits for the other calls' requests"
-        );
-        client.write_all(b"request").await.unwrap();
-        assert!(Pin::new(&mut client).poll_flush(&mut cx).is_ready());
-        let mut got = vec![0u8; 15];
-        server.read_exact(&mut got).await.unwrap();
-        assert_eq!(got, b"request request");
-
-        // What the server sends is read as it is, even what the authority fix would rewrite.
-        let mut sent = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        let block = [&[0x41, 21][..], b"http://127.0.0.1:2379"].concat();
-        sent.extend_from_slice(&[0, 0, block.len() as u8, 0x1, 0x5, 0, 0, 0, 1]);
-        sent.extend_from_slice(&block);
-        server.write_all(&sent).await.unwrap();
-        drop(server);
-        let mut read = Vec::new();
-        client.read_to_end(&mut read).await.unwrap();
-        assert_eq!(read, sent);
     }
 
     #[tokio::test]

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Context};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::coalesce::CoalescingConnector;
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::{request_op, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use keys::{KeySpace, SplitMix64};
@@ -243,7 +242,7 @@ async fn connect(endpoints: &[String], conns: u32) -> anyhow::Result<Vec<Channel
         let channel = Endpoint::from_shared(url.clone())
             .with_context(|| format!("invalid endpoint {url}"))?
             .connect_timeout(Duration::from_secs(5))
-            .connect_with_connector(CoalescingConnector)
+            .connect()
             .await
             .with_context(|| format!("connecting to {url}"))?;
         channels.push(channel);

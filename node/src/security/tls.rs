@@ -455,9 +455,19 @@ impl tower_service::Service<http::Uri> for TlsConnector {
     fn call(&mut self, uri: http::Uri) -> Connecting {
         let config = self.config.clone();
         Box::pin(async move {
-            let (host, tcp) = crate::coalesce::dial(&uri).await?;
+            let host = uri
+                .host()
+                .ok_or_else(|| io::Error::other(format!("{uri}: no host")))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri
+                .port_u16()
+                .ok_or_else(|| io::Error::other(format!("{uri}: no port")))?;
             let server_name = ServerName::try_from(host.clone())
                 .map_err(|e| io::Error::other(format!("{host}: {e}")))?;
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
             let stream = tokio_rustls::TlsConnector::from(config)
                 .connect(server_name, tcp)
                 .await?;
