@@ -29,8 +29,9 @@ use crate::proto::etcdserverpb::{
 use crate::raft::{Applied, Forwarder, Member, MemberId, Peers, Proposer, Raft};
 use crate::store::Store;
 
-/// etcd's request timeout: 5 s plus two election timeouts. A write forwarded to the leader
-/// fails with "request timed out" when the leader has not answered it by then.
+/// etcd's request timeout: 5 s plus two election timeouts. A write fails with "request
+/// timed out" when it has not been applied by then: on the leader (one cut off from the
+/// quorum keeps leading in openraft) and when forwarded to a leader that does not answer.
 pub fn request_timeout(election_timeout: Duration) -> Duration {
     Duration::from_secs(5) + 2 * election_timeout
 }
@@ -124,7 +125,13 @@ impl Node {
             return Err(errors::request_too_large());
         }
         let applied = match self.route().await? {
-            Route::Here => match self.proposer.propose(proposal.clone()).await {
+            Route::Here => match tokio::time::timeout(
+                request_timeout(self.election_timeout),
+                self.proposer.propose(proposal.clone()),
+            )
+            .await
+            .map_err(|_| errors::timeout())?
+            {
                 Ok(applied) => applied,
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                     match forward.leader_node {
