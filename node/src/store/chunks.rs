@@ -48,11 +48,13 @@ fn records(chunk: &[u8]) -> Result<Vec<(RevisionKey, &[u8])>, StoreError> {
     Ok(out)
 }
 
-/// Packs versions, given in revision order, into chunks; calls `emit` with each chunk's key
-/// (its newest revision) and bytes.
+type VersionTable<'txn> = Table<'txn, &'static RevisionKey, &'static [u8]>;
+
+/// Packs versions, given in revision order, into chunks and stores each under its newest
+/// revision.
 fn pack<'v>(
+    table: &mut VersionTable<'_>,
     versions: impl IntoIterator<Item = (RevisionKey, &'v [u8])>,
-    mut emit: impl FnMut(&RevisionKey, &[u8]) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let mut chunk = Vec::new();
     let mut last = [0; 16];
@@ -64,17 +66,15 @@ fn pack<'v>(
         chunk.extend_from_slice(value);
         last = key;
         if chunk.len() >= CHUNK_BYTES {
-            emit(&last, &chunk)?;
+            table.insert(&last, chunk.as_slice())?;
             chunk.clear();
         }
     }
     if !chunk.is_empty() {
-        emit(&last, &chunk)?;
+        table.insert(&last, chunk.as_slice())?;
     }
     Ok(())
 }
-
-type VersionTable<'txn> = Table<'txn, &'static RevisionKey, &'static [u8]>;
 
 /// Stores `versions`, given in revision order. They normally all follow what the table
 /// holds; chunks they overlap are taken apart and packed again with them, a newly given
@@ -93,10 +93,7 @@ pub(crate) fn insert<'v>(
         overlapped.push((*key.value(), chunk.value().to_vec()));
     }
     if overlapped.is_empty() {
-        return pack(versions, |key, chunk| {
-            table.insert(key, chunk)?;
-            Ok(())
-        });
+        return pack(table, versions);
     }
     let mut merged: BTreeMap<RevisionKey, &[u8]> = BTreeMap::new();
     for (key, chunk) in &overlapped {
@@ -106,10 +103,7 @@ pub(crate) fn insert<'v>(
     for (key, value) in versions {
         merged.insert(key, value);
     }
-    pack(merged, |key, chunk| {
-        table.insert(key, chunk)?;
-        Ok(())
-    })
+    pack(table, merged)
 }
 
 /// Removes the versions of `revisions` (in any order) that the table holds.
@@ -140,10 +134,7 @@ pub(crate) fn remove(
             continue;
         }
         table.remove(&key)?;
-        pack(kept, |key, chunk| {
-            table.insert(key, chunk)?;
-            Ok(())
-        })?;
+        pack(table, kept)?;
     }
     Ok(())
 }
@@ -277,6 +268,19 @@ mod tests {
         txn.commit().unwrap();
     }
 
+    /// The versions of `mains`, stored in one transaction.
+    fn insert_versions(
+        db: &Database,
+        mains: impl Iterator<Item = u8>,
+    ) -> Vec<(RevisionKey, Vec<u8>)> {
+        let versions: Vec<(RevisionKey, Vec<u8>)> =
+            mains.map(|main| (key(main), value(main))).collect();
+        write(db, |table| {
+            insert(table, versions.iter().map(|(k, v)| (*k, v.as_slice()))).unwrap()
+        });
+        versions
+    }
+
     fn stored(db: &Database) -> Vec<(RevisionKey, Vec<u8>)> {
         let read = db.begin_read().unwrap();
         let table = read.open_table(TABLE).unwrap();
@@ -291,11 +295,7 @@ mod tests {
     #[test]
     fn versions_are_found_by_revision_and_read_back_in_order() {
         let (_dir, db) = database();
-        let versions: Vec<(RevisionKey, Vec<u8>)> =
-            (1..=200).map(|main| (key(main), value(main))).collect();
-        write(&db, |table| {
-            insert(table, versions.iter().map(|(k, v)| (*k, v.as_slice()))).unwrap()
-        });
+        let versions = insert_versions(&db, 1..=200);
         let chunks = chunk_count(&db);
         assert!(
             (10..100).contains(&chunks),
@@ -321,11 +321,7 @@ mod tests {
     #[test]
     fn removal_keeps_the_rest_of_each_chunk() {
         let (_dir, db) = database();
-        let versions: Vec<(RevisionKey, Vec<u8>)> =
-            (1..=100).map(|main| (key(main), value(main))).collect();
-        write(&db, |table| {
-            insert(table, versions.iter().map(|(k, v)| (*k, v.as_slice()))).unwrap()
-        });
+        let versions = insert_versions(&db, 1..=100);
         // Every third version, the last one (a chunk's key) and one never stored.
         let mut gone: Vec<RevisionKey> = (1..=100).step_by(3).map(key).collect();
         gone.extend([key(100), key(150)]);
@@ -348,20 +344,8 @@ mod tests {
     #[test]
     fn versions_overlapping_stored_chunks_are_merged_in() {
         let (_dir, db) = database();
-        let odd: Vec<(RevisionKey, Vec<u8>)> = (1..=60)
-            .filter(|main| main % 2 == 1)
-            .map(|main| (key(main), value(main)))
-            .collect();
-        write(&db, |table| {
-            insert(table, odd.iter().map(|(k, v)| (*k, v.as_slice()))).unwrap()
-        });
-        let even: Vec<(RevisionKey, Vec<u8>)> = (30..=80)
-            .filter(|main| main % 2 == 0)
-            .map(|main| (key(main), value(main)))
-            .collect();
-        write(&db, |table| {
-            insert(table, even.iter().map(|(k, v)| (*k, v.as_slice()))).unwrap()
-        });
+        let odd = insert_versions(&db, (1..=60).filter(|main| main % 2 == 1));
+        let even = insert_versions(&db, (30..=80).filter(|main| main % 2 == 0));
         let mut expected = odd;
         expected.extend(even);
         expected.sort();
