@@ -1,6 +1,7 @@
 //! Membership changes through etcd's Cluster service: learners join, catch up and become
 //! voters (automatically, keeping the number of voters odd, or on `MemberPromote`);
-//! followers and leaders are removed, and the rest go on without them.
+//! followers and leaders are removed, and the rest go on without them; a member's peer URLs
+//! change with `MemberUpdate`.
 
 use std::time::Instant;
 
@@ -278,4 +279,62 @@ async fn removed_leader_is_replaced_by_a_new_leader_among_the_rest() {
     let follower = (leader + 1) % cluster.len();
     remove(&mut cluster, leader, follower).await;
     assert_cluster_goes_on_without(&mut cluster, leader).await;
+}
+
+/// The peer URLs `client`'s member lists for member `id`.
+async fn peer_urls_of(client: &Client, id: u64) -> Vec<String> {
+    let mut client = client.clone();
+    let listed = expect_ok(within(REQUEST_TIMEOUT, client.member_list()).await);
+    listed
+        .members()
+        .iter()
+        .find(|member| member.id() == id)
+        .unwrap_or_else(|| panic!("member {id:x} is not listed: {listed:?}"))
+        .peer_urls()
+        .to_vec()
+}
+
+/// MemberUpdate changes a member's peer URLs, and MemberList through any member shows the
+/// change at once (it is linearizable); MemberPromote of a voter fails with etcd's error.
+#[tokio::test]
+async fn member_update_changes_peer_urls_and_promote_refuses_a_voter() {
+    let cluster = Cluster::start(ClusterSpec::new(3)).await;
+    let leader = cluster.leader().await;
+    let mut others = (0..cluster.len()).filter(|&i| i != leader);
+    let (updated, observer) = (
+        others.next().expect("a follower"),
+        others.next().expect("another"),
+    );
+    let updated_id = cluster.member(updated).id();
+    let mut client = cluster.member(leader).client().await;
+
+    let refused = within(REQUEST_TIMEOUT, client.member_promote(updated_id)).await;
+    assert!(
+        matches!(&refused, Err(error) if error.contains("etcdserver: can only promote a learner member")),
+        "MemberPromote of a voter: {refused:?}"
+    );
+
+    let original = peer_urls_of(&client, updated_id).await;
+    let moved = vec!["http://127.0.0.1:1".to_owned()];
+    expect_ok(
+        within(
+            REQUEST_TIMEOUT,
+            client.member_update(updated_id, moved.clone()),
+        )
+        .await,
+    );
+    let observer_client = cluster.member(observer).client().await;
+    assert_eq!(peer_urls_of(&observer_client, updated_id).await, moved);
+
+    expect_ok(
+        within(
+            REQUEST_TIMEOUT,
+            client.member_update(updated_id, original.clone()),
+        )
+        .await,
+    );
+    assert_eq!(peer_urls_of(&observer_client, updated_id).await, original);
+    let all: Vec<usize> = (0..cluster.len()).collect();
+    assert_write_is_read_everywhere(&cluster, leader, &all).await;
+    cluster.assert_converged(&all).await;
 }
