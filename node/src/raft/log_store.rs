@@ -23,6 +23,19 @@
 //!
 //! A B-tree (redb, as the state store uses) cost about six page writes per append; one
 //! sequential write is what a log needs.
+//!
+//! # The leader's own entries
+//! openraft 0.9 holds its core task until an append is durable, and sends the entries to the
+//! followers only after that: the leader's flush and the followers' would run one after the
+//! other. A leader's flush only counts towards the quorum that commits an entry, so when no
+//! quorum can be the leader alone (every configuration of the membership has two voters or
+//! more), `append` tells openraft at once and the flush runs while the entries travel. The
+//! peer network then holds each follower's answer until everything the leader had queued
+//! before sending is durable ([`LogStore::queued`], [`LogStore::durable`]). Every quorum
+//! that commits an entry therefore holds it on disk: one that counts the leader has the
+//! leader's copy flushed before any follower's answer counts. etcd's leader overlaps its own
+//! write with replication the same way. A member alone, or one whose membership lets it be
+//! a quorum by itself, waits for its flush as before.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -30,15 +43,15 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{RaftLogId, RaftLogReader, StorageIOError};
+use openraft::{EntryPayload, Membership, RaftLogId, RaftLogReader, StorageIOError};
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
-use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use super::types::{Entry, LogId, Member, MemberId, StorageError, TypeConfig, Vote};
 
 /// Bytes before a record's body: its length and its checksum.
 const RECORD_HEADER: usize = 8;
@@ -83,8 +96,19 @@ pub struct LogStore {
 struct Shared {
     // A std mutex: it is held only to copy entries in or out, never across an await.
     memory: Mutex<LogMemory>,
-    // Sending is cheap and never blocks; the writer thread owns the file.
-    writer: Mutex<mpsc::Sender<WriteOp>>,
+    // Sending is cheap and never blocks; the writer thread owns the file. Each operation is
+    // numbered as it is queued, under this lock.
+    writer: Mutex<Queue>,
+    /// The number of the last operation the writer made durable.
+    durable: watch::Sender<u64>,
+    /// This member, once known: its own entries as leader may be reported durable early.
+    member: OnceLock<MemberId>,
+}
+
+struct Queue {
+    sender: mpsc::Sender<WriteOp>,
+    /// The number of the last operation queued.
+    queued: u64,
 }
 
 #[derive(Default)]
@@ -92,15 +116,61 @@ struct LogMemory {
     entries: BTreeMap<u64, Entry>,
     last_purged: Option<LogId>,
     vote: Option<Vote>,
+    /// For each membership entry in the log, whether every configuration in it has two
+    /// voters or more (no quorum of the leader alone).
+    memberships: BTreeMap<u64, bool>,
+    /// The same for the membership in force before the log's first entry.
+    base_membership: bool,
+}
+
+impl LogMemory {
+    /// Whether no quorum of the newest membership (the one openraft uses) is one member.
+    fn quorums_need_two(&self) -> bool {
+        self.memberships
+            .values()
+            .next_back()
+            .copied()
+            .unwrap_or(self.base_membership)
+    }
+
+    /// Whether an append may be reported durable before it is: `member` leads (its vote is
+    /// committed and for itself, so the entries are its own; a follower of a newer leader
+    /// has saved that leader's vote first) and no quorum of the newest membership is one
+    /// member.
+    fn reports_early(&self, member: Option<MemberId>) -> bool {
+        let leading = match (self.vote, member) {
+            (Some(vote), Some(member)) => {
+                vote.is_committed() && vote.leader_id().voted_for() == Some(member)
+            }
+            _ => false,
+        };
+        leading && self.quorums_need_two()
+    }
+
+    fn record_membership(&mut self, entry: &Entry) {
+        if let EntryPayload::Membership(membership) = &entry.payload {
+            self.memberships
+                .insert(entry.log_id.index, quorums_need_two(membership));
+        }
+    }
+}
+
+/// Whether every configuration of `membership` has two voters or more.
+pub fn quorums_need_two(membership: &Membership<MemberId, Member>) -> bool {
+    membership
+        .get_joint_config()
+        .iter()
+        .all(|voters| voters.len() >= 2)
 }
 
 enum WriteOp {
     /// Encoded records, and whom to tell once they are durable. `purge`: the records purge
-    /// entries, leaving part of the file dead.
+    /// entries, leaving part of the file dead. `number`: the operation's place in the queue.
     Records {
         bytes: Vec<u8>,
         done: Done,
         purge: bool,
+        number: u64,
     },
 }
 
@@ -142,10 +212,16 @@ impl LogStore {
         file.seek(SeekFrom::Start(valid))?;
         // The file's name must survive a crash as surely as its contents.
         sync_parent(path)?;
+        let entries: Vec<Entry> = memory.entries.values().cloned().collect();
+        for entry in &entries {
+            memory.record_membership(entry);
+        }
         let (sender, receiver) = mpsc::channel();
         let shared = Arc::new(Shared {
             memory: Mutex::new(memory),
-            writer: Mutex::new(sender),
+            writer: Mutex::new(Queue { sender, queued: 0 }),
+            durable: watch::Sender::new(0),
+            member: OnceLock::new(),
         });
         let writer = Writer {
             path: path.to_path_buf(),
@@ -173,25 +249,56 @@ impl LogStore {
             .unwrap_or(0)
     }
 
+    /// Lets the log report this member's own entries as leader durable before they are
+    /// (see the module's documentation). `base_membership` is the membership in force
+    /// before the log's first entry: the state machine's.
+    pub fn lead_as(&self, member: MemberId, base_membership: &Membership<MemberId, Member>) {
+        self.memory().base_membership = quorums_need_two(base_membership);
+        let _ = self.shared.member.set(member);
+    }
+
+    /// The number of the last write queued so far.
+    pub fn queued(&self) -> u64 {
+        self.shared
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .queued
+    }
+
+    /// Waits until every write up to number `queued` is durable. A write that failed is
+    /// never durable: the wait ends only with the writer thread.
+    pub async fn durable(&self, queued: u64) {
+        let mut durable = self.shared.durable.subscribe();
+        let _ = durable.wait_for(|&durable| durable >= queued).await;
+    }
+
     fn memory(&self) -> MutexGuard<'_, LogMemory> {
         self.shared.memory()
     }
 
     fn send(&self, bytes: Vec<u8>, done: Done) -> io::Result<()> {
-        self.send_op(WriteOp::Records {
-            bytes,
-            done,
-            purge: false,
-        })
+        self.send_records(bytes, done, false)
     }
 
-    fn send_op(&self, op: WriteOp) -> io::Result<()> {
-        self.shared
+    fn send_records(&self, bytes: Vec<u8>, done: Done, purge: bool) -> io::Result<()> {
+        let mut queue = self
+            .shared
             .writer
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .send(op)
-            .map_err(|_| io::Error::other("the raft log writer has stopped"))
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let number = queue.queued + 1;
+        queue
+            .sender
+            .send(WriteOp::Records {
+                bytes,
+                done,
+                purge,
+                number,
+            })
+            .map_err(|_| io::Error::other("the raft log writer has stopped"))?;
+        queue.queued = number;
+        Ok(())
     }
 }
 
@@ -291,19 +398,27 @@ impl Writer {
             let mut bytes = Vec::new();
             let mut waiting = Vec::with_capacity(ops.len());
             let mut purged = false;
+            let mut last = 0;
             for WriteOp::Records {
                 bytes: records,
                 done,
                 purge,
+                number,
             } in ops
             {
                 bytes.extend_from_slice(&records);
                 waiting.push(done);
                 purged |= purge;
+                last = number;
             }
             let result = self.write(&bytes).map_err(|e| e.to_string());
-            if let Err(error) = &result {
-                tracing::error!(%error, "raft log write failed");
+            match &result {
+                Ok(()) => {
+                    if let Some(shared) = self.shared.upgrade() {
+                        shared.durable.send_replace(last);
+                    }
+                }
+                Err(error) => tracing::error!(%error, "raft log write failed"),
             }
             for done in waiting {
                 let outcome = result.clone().map_err(io::Error::other);
@@ -494,20 +609,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut bytes = Vec::new();
-        {
+        let early = {
             let mut memory = self.memory();
             for entry in entries {
                 frame(&RecordRef::Entry(&entry), &mut bytes).map_err(write_error)?;
+                memory.record_membership(&entry);
                 memory.entries.insert(entry.get_log_id().index, entry);
             }
+            memory.reports_early(self.shared.member.get().copied())
+        };
+        if early {
+            self.send(bytes, Done::Nobody).map_err(write_error)?;
+            callback.log_io_completed(Ok(()));
+            Ok(())
+        } else {
+            self.send(bytes, Done::Flushed(callback))
+                .map_err(write_error)
         }
-        self.send(bytes, Done::Flushed(callback))
-            .map_err(write_error)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let bytes = encode(&[RecordRef::Truncate(log_id.index)]).map_err(write_error)?;
-        self.memory().entries.split_off(&log_id.index);
+        {
+            let mut memory = self.memory();
+            memory.entries.split_off(&log_id.index);
+            memory.memberships.split_off(&log_id.index);
+        }
         self.send(bytes, Done::Nobody).map_err(write_error)
     }
 
@@ -517,20 +644,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut memory = self.memory();
             memory.entries = memory.entries.split_off(&(log_id.index + 1));
             memory.last_purged = Some(log_id);
+            let kept = memory.memberships.split_off(&(log_id.index + 1));
+            if let Some(&purged) = memory.memberships.values().next_back() {
+                memory.base_membership = purged;
+            }
+            memory.memberships = kept;
         }
-        self.send_op(WriteOp::Records {
-            bytes,
-            done: Done::Nobody,
-            purge: true,
-        })
-        .map_err(write_error)
+        self.send_records(bytes, Done::Nobody, true)
+            .map_err(write_error)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::{CommittedLeaderId, EntryPayload};
+    use openraft::CommittedLeaderId;
+    use std::time::Duration;
 
     fn log_id(term: u64, index: u64) -> LogId {
         LogId::new(CommittedLeaderId::new(term, 1), index)
@@ -571,6 +700,99 @@ mod tests {
             .iter()
             .rposition(|&byte| byte != 0)
             .map_or(0, |at| at as u64 + 1)
+    }
+
+    fn membership_entry(index: u64, voters: &[Vec<MemberId>]) -> Entry {
+        let configs = voters
+            .iter()
+            .map(|config| config.iter().copied().collect())
+            .collect();
+        let nodes: std::collections::BTreeSet<MemberId> =
+            voters.iter().flatten().copied().collect();
+        Entry {
+            log_id: log_id(1, index),
+            payload: EntryPayload::Membership(Membership::new(configs, nodes)),
+        }
+    }
+
+    #[test]
+    fn only_a_leader_whose_quorums_need_a_follower_reports_appends_early() {
+        let mut memory = LogMemory {
+            vote: Some(Vote::new_committed(2, 1)),
+            ..LogMemory::default()
+        };
+        memory.record_membership(&membership_entry(1, &[vec![1, 2, 3]]));
+        assert!(memory.reports_early(Some(1)), "leader of three voters");
+        assert!(!memory.reports_early(Some(2)), "a follower of member 1");
+        assert!(
+            !memory.reports_early(None),
+            "a log that does not know its member"
+        );
+        memory.vote = Some(Vote::new(2, 1));
+        assert!(
+            !memory.reports_early(Some(1)),
+            "a candidate, not yet leader"
+        );
+        memory.vote = Some(Vote::new_committed(2, 1));
+
+        // The newest membership counts, even uncommitted, as openraft's does.
+        memory.record_membership(&membership_entry(5, &[vec![1, 2, 3], vec![1]]));
+        assert!(
+            !memory.reports_early(Some(1)),
+            "joint with a one-voter config"
+        );
+        memory.record_membership(&membership_entry(6, &[vec![1, 2]]));
+        assert!(memory.reports_early(Some(1)), "two voters need both");
+        memory.record_membership(&membership_entry(7, &[vec![1]]));
+        assert!(
+            !memory.reports_early(Some(1)),
+            "alone, the leader is a quorum"
+        );
+        // Truncated away, the membership before it is back in force.
+        memory.memberships.split_off(&7);
+        assert!(memory.reports_early(Some(1)));
+    }
+
+    #[tokio::test]
+    async fn a_purge_keeps_the_purged_membership_as_the_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.wal");
+        let mut store = LogStore::open(&path).unwrap();
+        store.lead_as(1, &Membership::new(vec![[1].into()], None));
+        store.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+        assert!(
+            !store.memory().reports_early(Some(1)),
+            "one voter before the log"
+        );
+        store
+            .memory()
+            .record_membership(&membership_entry(3, &[vec![1, 2, 3]]));
+        store
+            .memory()
+            .entries
+            .insert(3, membership_entry(3, &[vec![1, 2, 3]]));
+        store.memory().entries.insert(4, blank(1, 4));
+        store.purge(log_id(1, 3)).await.unwrap();
+        assert!(store.memory().memberships.is_empty());
+        assert!(
+            store.memory().reports_early(Some(1)),
+            "three voters, from the purged entry"
+        );
+    }
+
+    #[tokio::test]
+    async fn durable_waits_for_the_writer_to_flush_what_was_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(&dir.path().join("raft.wal")).unwrap();
+        assert_eq!(store.queued(), 0);
+        store.save_vote(&Vote::new(1, 1)).await.unwrap();
+        store.save_vote(&Vote::new(2, 1)).await.unwrap();
+        assert_eq!(store.queued(), 2, "each write is numbered as it is queued");
+        tokio::time::timeout(Duration::from_secs(10), store.durable(2))
+            .await
+            .expect("the saved votes are durable");
+        let later = tokio::time::timeout(Duration::from_millis(200), store.durable(3)).await;
+        assert!(later.is_err(), "a write not yet queued is not durable");
     }
 
     fn indexes(store: &LogStore) -> Vec<u64> {

@@ -102,6 +102,8 @@ pub async fn start(
     let log = LogStore::open(&data_dir.join(LOG_FILE))?;
     let store = Store::open(&data_dir.join(STATE_FILE))?;
     let state_machine = state_machine::StateMachine::new(store.clone())?;
+    log.lead_as(member_id, state_machine.membership());
+    peers.attach_log(log.clone());
 
     let heartbeat = settings.heartbeat_interval.as_millis() as u64;
     let election = settings.election_timeout.as_millis() as u64;
@@ -121,7 +123,7 @@ pub async fn start(
     let raft = Raft::new(
         member_id,
         Arc::new(config),
-        peers,
+        peers.clone(),
         log.clone(),
         state_machine,
     )
@@ -137,7 +139,8 @@ pub async fn start(
             tracing::info!(member_id = %format!("{member_id:x}"), "joining an existing cluster");
         }
     }
-    let proposer = Proposer::start(raft.clone());
+    let proposer = Proposer::start(raft.clone(), log.clone());
+    peers.on_acknowledged(proposer.acknowledgements());
     Ok(RaftNode {
         raft,
         proposer,

@@ -8,7 +8,7 @@
 //! snapshots are one call each.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use openraft::error::{
@@ -26,6 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
+use super::log_store::LogStore;
 use super::types::{Member, MemberId, TypeConfig};
 use crate::proto::cairnpb::peer_client::PeerClient;
 use crate::proto::cairnpb::RaftMessage;
@@ -42,7 +43,15 @@ pub struct Peers {
     /// For `https://` peers: mutual TLS with the cluster's CA. Its client certificate is
     /// looked up at each handshake, so a renewed certificate needs no new channel.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// This member's log, once open: a follower's acknowledgement reaches openraft only
+    /// when the leader's own copy is durable too (see [`LogStore::lead_as`]).
+    log: Arc<OnceLock<LogStore>>,
+    /// Told the index a follower acknowledged, each time one accepts entries (see
+    /// [`Peers::on_acknowledged`]).
+    acknowledged: Arc<OnceLock<Acknowledged>>,
 }
+
+type Acknowledged = Box<dyn Fn(u64) + Send + Sync>;
 
 impl Peers {
     /// Peers reached over plaintext, or over TLS with `tls` for `https://` URLs.
@@ -50,7 +59,21 @@ impl Peers {
         Peers {
             channels: Arc::default(),
             tls,
+            log: Arc::default(),
+            acknowledged: Arc::default(),
         }
+    }
+
+    /// Has `listener` told, synchronously and before openraft hears of it, the log index up
+    /// to which a follower accepted an append with entries. The proposer cuts its next entry
+    /// then. Only the first listener counts.
+    pub fn on_acknowledged(&self, listener: impl Fn(u64) + Send + Sync + 'static) {
+        let _ = self.acknowledged.set(Box::new(listener));
+    }
+
+    /// Sets the log whose durability acknowledgements wait for.
+    pub fn attach_log(&self, log: LogStore) {
+        let _ = self.log.set(log);
     }
 
     /// A client for `member`'s peer service, on its first peer URL.
@@ -112,6 +135,8 @@ impl RaftNetworkFactory<TypeConfig> for Peers {
             target,
             client: self.client(node),
             appends: None,
+            log: self.log.clone(),
+            acknowledged: self.acknowledged.clone(),
         }
     }
 }
@@ -124,6 +149,8 @@ pub struct PeerConnection {
     /// one request at a time and waits for its answer, so answers come back in order. A
     /// stream that failed or timed out is dropped, and the next request opens a new one.
     appends: Option<AppendStream>,
+    log: Arc<OnceLock<LogStore>>,
+    acknowledged: Arc<OnceLock<Acknowledged>>,
 }
 
 struct AppendStream {
@@ -243,7 +270,31 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<MemberId>, openraft::error::Infallible> {
-        self.call(Rpc::AppendEntries, &rpc, &option).await
+        // What this member had queued for its log before sending includes every entry the
+        // follower can confirm with this answer, new or probed (`prev_log_id`): the leader
+        // appended them before openraft read them for replication.
+        let queued = self.log.get().map(|log| (log.clone(), log.queued()));
+        let last = rpc.entries.last().map(|entry| entry.log_id.index);
+        let answer = self.call(Rpc::AppendEntries, &rpc, &option).await;
+        let accepted = match &answer {
+            Ok(AppendEntriesResponse::Success) => last,
+            Ok(AppendEntriesResponse::PartialSuccess(Some(matching))) if last.is_some() => {
+                Some(matching.index)
+            }
+            _ => None,
+        };
+        if matches!(
+            answer,
+            Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))
+        ) {
+            if let Some((log, queued)) = queued {
+                log.durable(queued).await;
+            }
+        }
+        if let (Some(accepted), Some(listener)) = (accepted, self.acknowledged.get()) {
+            listener(accepted);
+        }
+        answer
     }
 
     async fn install_snapshot(

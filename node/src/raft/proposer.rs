@@ -1,17 +1,29 @@
-//! Batches concurrent client writes into one Raft entry.
+//! Batches concurrent client writes into Raft entries.
 //!
-//! openraft 0.9 waits for each append to be flushed before it takes the next one, so one
-//! entry per client write would cost one fsync per write. The proposer instead sends one
-//! entry at a time and, while it is being written, gathers every write that arrives; the next
-//! entry carries them all. Under load one fsync covers many writes (etcd batches the same
-//! way); a lone client still pays one fsync per write and waits no longer than that.
+//! One entry per client write would cost one log write and one replication round per write.
+//! The proposer instead submits an entry and, while it is replicated, gathers every write
+//! that arrives; the next entry carries them all (etcd batches the same way). A lone client
+//! still gets an entry of its own at once.
+//!
+//! When the next entry is cut matters. Cut only once the previous one is applied, it reaches
+//! openraft after the followers were told of the commit with an empty append, and waits for
+//! that append's round trip before it can go out. Cut as soon as the previous one is
+//! submitted, it is small and waits a whole round trip at the leader. So the next entry is
+//! cut when a follower acknowledges the previous one: the peer network reports the
+//! acknowledgement ([`Proposer::acknowledgements`]) before openraft hears of it, so the new
+//! entry is in the log when openraft commits the previous one, and the commit index travels
+//! with it. A member alone hears no acknowledgements and keeps one entry in flight.
 
-use openraft::error::{ClientWriteError, RaftError};
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+
+use futures::FutureExt;
+use openraft::error::{ClientWriteError, Fatal, RaftError};
 use prost::Message;
-use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
-
+use super::log_store::LogStore;
 use super::types::{Applied, Member, MemberId, Proposal, Raft};
 use crate::proto::cairnpb::{RaftBatch, RaftRequest};
 
@@ -21,11 +33,9 @@ const MAX_BATCH_REQUESTS: usize = 1024;
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Writes waiting for the next entry before callers are pushed back.
 const QUEUE_DEPTH: usize = 16 * 1024;
-/// Entries in flight at once. One: the next entry is cut only when the last is applied, so
-/// under load each entry carries a whole replication round's writes. A 3-member cluster at 64
-/// clients spent 10% less CPU per put than with two in flight (23 against 15 writes per
-/// entry); one member was unchanged (docs/benchmarks.md, seventh session).
-const IN_FLIGHT: usize = 1;
+/// Entries in flight at once: the one being committed and applied, and the next, cut when a
+/// follower acknowledged the first. Without an acknowledgement (one member alone) only one is.
+const IN_FLIGHT: usize = 2;
 
 pub type WriteError = RaftError<MemberId, ClientWriteError<MemberId, Member>>;
 
@@ -34,18 +44,64 @@ struct Pending {
     reply: oneshot::Sender<Result<Applied, WriteError>>,
 }
 
-/// A handle to the member's proposer task; cheap to clone.
+/// A handle to the member's proposer task; cheap to clone. The task ends when every handle
+/// is dropped.
 #[derive(Clone)]
 pub struct Proposer {
     queue: mpsc::Sender<Pending>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    raft: Raft,
+    log: LogStore,
+    flight: Mutex<Flight>,
+}
+
+/// The queue and the entries on their way. The proposer task and the peer network both cut
+/// entries from the queue, under this lock.
+struct Flight {
+    queue: mpsc::Receiver<Pending>,
+    /// Entries submitted whose answers have not come back.
+    entries: usize,
+    /// The log's last index when the newest entry was submitted: a follower that
+    /// acknowledges an index past it holds that entry.
+    before_newest: u64,
+    /// Whether a follower acknowledged the newest entry.
+    newest_acknowledged: bool,
+    /// The proposer task, while it waits for room for another entry.
+    waiting: Option<Waker>,
+}
+
+impl Flight {
+    fn room(&self) -> bool {
+        self.entries == 0 || (self.entries < IN_FLIGHT && self.newest_acknowledged)
+    }
+
+    fn wake(&mut self) {
+        if let Some(waker) = self.waiting.take() {
+            waker.wake();
+        }
+    }
 }
 
 impl Proposer {
-    /// Starts the proposer task for `raft`. It ends when every handle is dropped.
-    pub fn start(raft: Raft) -> Proposer {
+    /// Starts the proposer task for `raft`, whose log is `log`.
+    pub fn start(raft: Raft, log: LogStore) -> Proposer {
         let (queue, receiver) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(raft, receiver));
-        Proposer { queue }
+        let shared = Arc::new(Shared {
+            raft,
+            log,
+            flight: Mutex::new(Flight {
+                queue: receiver,
+                entries: 0,
+                before_newest: 0,
+                newest_acknowledged: false,
+                waiting: None,
+            }),
+        });
+        tokio::spawn(run(shared.clone()));
+        Proposer { queue, shared }
     }
 
     /// Replicates `request` and returns the state machine's answer to it.
@@ -78,6 +134,18 @@ impl Proposer {
         answers
     }
 
+    /// What the peer network calls when a follower acknowledged the log up to an index. If
+    /// that covers the newest entry, the next one is cut at once, from what is queued, before
+    /// openraft hears of the acknowledgement. The function does not keep the proposer alive.
+    pub fn acknowledgements(&self) -> impl Fn(u64) + Send + Sync + 'static {
+        let shared = Arc::downgrade(&self.shared);
+        move |index| {
+            if let Some(shared) = shared.upgrade() {
+                acknowledged(&shared, index);
+            }
+        }
+    }
+
     async fn enqueue(
         &self,
         request: RaftRequest,
@@ -92,19 +160,38 @@ impl Proposer {
 }
 
 fn stopped() -> WriteError {
-    RaftError::Fatal(openraft::error::Fatal::Stopped)
+    RaftError::Fatal(Fatal::Stopped)
 }
 
-async fn run(raft: Raft, mut receiver: mpsc::Receiver<Pending>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = receiver.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
+fn acknowledged(shared: &Arc<Shared>, index: u64) {
+    let mut flight = shared.lock();
+    if flight.entries == 0 || flight.newest_acknowledged || index <= flight.before_newest {
+        return;
+    }
+    flight.newest_acknowledged = true;
+    if !flight.room() {
+        return;
+    }
+    match flight.queue.try_recv() {
+        Ok(first) => shared.submit(&mut flight, first),
+        // The task cuts the next entry as soon as a write arrives.
+        Err(_) => flight.wake(),
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Flight> {
+        self.flight.lock().expect("proposer lock poisoned")
+    }
+
+    /// Cuts an entry of `first` and whatever else is queued, and submits it to openraft.
+    /// The submission itself happens here, synchronously: the acknowledgement path relies on
+    /// the entry reaching openraft before the acknowledgement does.
+    fn submit(self: &Arc<Self>, flight: &mut Flight, first: Pending) {
         let mut bytes = first.request.encoded_len();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
-            match receiver.try_recv() {
+            match flight.queue.try_recv() {
                 Ok(next) => {
                     bytes += next.request.encoded_len();
                     batch.push(next);
@@ -116,10 +203,31 @@ async fn run(raft: Raft, mut receiver: mpsc::Receiver<Pending>) {
             .into_iter()
             .map(|pending| (pending.request, pending.reply))
             .unzip();
-        let raft = raft.clone();
+        flight.entries += 1;
+        flight.before_newest = self.log.last_index();
+        flight.newest_acknowledged = false;
+        // Sending to openraft's unbounded channel completes at once; only a stopped Raft
+        // leaves the future pending (it asks the stopped core why).
+        let submitted = self
+            .raft
+            .client_write_ff(Proposal(RaftBatch { requests }))
+            .now_or_never();
+        let shared = Arc::clone(self);
         tokio::spawn(async move {
-            let written = raft.client_write(Proposal(RaftBatch { requests })).await;
-            drop(slot);
+            let written = match submitted {
+                Some(Ok(answer)) => match answer.await {
+                    Ok(Ok(written)) => Ok(written),
+                    Ok(Err(error)) => Err(RaftError::APIError(error)),
+                    Err(_) => Err(stopped()),
+                },
+                Some(Err(fatal)) => Err(RaftError::Fatal(fatal)),
+                None => Err(stopped()),
+            };
+            {
+                let mut flight = shared.lock();
+                flight.entries -= 1;
+                flight.wake();
+            }
             match written {
                 Ok(written) => {
                     let mut answers = written.data.0.into_iter();
@@ -134,5 +242,31 @@ async fn run(raft: Raft, mut receiver: mpsc::Receiver<Pending>) {
                 }
             }
         });
+    }
+}
+
+/// Cuts an entry whenever there is room for one and a write waiting. Ends when the queue
+/// closes (every handle dropped).
+async fn run(shared: Arc<Shared>) {
+    loop {
+        let more = poll_fn(|cx| {
+            let mut flight = shared.lock();
+            if !flight.room() {
+                flight.waiting = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            match flight.queue.poll_recv(cx) {
+                Poll::Ready(Some(first)) => {
+                    shared.submit(&mut flight, first);
+                    Poll::Ready(true)
+                }
+                Poll::Ready(None) => Poll::Ready(false),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        if !more {
+            return;
+        }
     }
 }

@@ -56,6 +56,11 @@ impl StateMachine {
             snapshots_built: 0,
         })
     }
+
+    /// The membership of the last applied entry (or snapshot).
+    pub fn membership(&self) -> &openraft::Membership<MemberId, Member> {
+        self.applied.membership.membership()
+    }
 }
 
 fn store_error(error: impl std::error::Error + 'static) -> StorageError {
