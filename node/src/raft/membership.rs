@@ -148,10 +148,19 @@ pub fn follower_lag(raft: &Raft) -> Option<BTreeMap<MemberId, u64>> {
     )
 }
 
+/// Whether learner `id` has accepted entries and is within [`CAUGHT_UP_ENTRIES`] of the
+/// leader's log. One that has accepted nothing yet (not started, or unreachable) is not, even
+/// while the whole log is shorter than that: etcd refuses to promote a learner that has
+/// matched nothing as well.
 fn is_caught_up(raft: &Raft, id: MemberId) -> bool {
-    follower_lag(raft)
-        .and_then(|lag| lag.get(&id).copied())
-        .is_some_and(|lag| lag <= CAUGHT_UP_ENTRIES)
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let last = metrics.last_log_index.unwrap_or(0);
+    metrics
+        .replication
+        .as_ref()
+        .and_then(|replication| replication.get(&id).copied().flatten())
+        .is_some_and(|matched| last.saturating_sub(matched.index) <= CAUGHT_UP_ENTRIES)
 }
 
 /// Runs a change on this member, which must be the leader.

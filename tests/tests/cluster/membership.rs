@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use etcd_client::Client;
+use etcd_client::{Client, MemberAddOptions};
 
 use crate::harness::{
     expect_ok, linearizable_value, poll, put_acknowledged, value_of, within, Cluster, ClusterSpec,
@@ -295,9 +295,10 @@ async fn peer_urls_of(client: &Client, id: u64) -> Vec<String> {
 }
 
 /// MemberUpdate changes a member's peer URLs, and MemberList through any member shows the
-/// change at once (it is linearizable); MemberPromote of a voter fails with etcd's error.
+/// change at once (it is linearizable); MemberPromote of a voter, and of a learner that has
+/// not caught up, fail with etcd's errors.
 #[tokio::test]
-async fn member_update_changes_peer_urls_and_promote_refuses_a_voter() {
+async fn member_update_changes_peer_urls_and_promote_refuses_voters_and_lagging_learners() {
     let cluster = Cluster::start(ClusterSpec::new(3)).await;
     let leader = cluster.leader().await;
     let mut others = (0..cluster.len()).filter(|&i| i != leader);
@@ -310,9 +311,37 @@ async fn member_update_changes_peer_urls_and_promote_refuses_a_voter() {
 
     let refused = within(REQUEST_TIMEOUT, client.member_promote(updated_id)).await;
     assert!(
-        matches!(&refused, Err(error) if error.contains("etcdserver: can only promote a learner member")),
+        matches!(&refused, Err(error) if error.contains("etcdserver: can only promote a learner member")
+            && !error.contains("in sync")),
         "MemberPromote of a voter: {refused:?}"
     );
+
+    // A learner whose process never started has none of the log: not in sync.
+    let added = expect_ok(
+        within(
+            REQUEST_TIMEOUT,
+            client.member_add(
+                ["http://127.0.0.1:1"],
+                Some(MemberAddOptions::new().with_is_learner()),
+            ),
+        )
+        .await,
+    );
+    let lagging_id = added.member().expect("MemberAdd names the new member").id();
+    let refused = within(REQUEST_TIMEOUT, client.member_promote(lagging_id)).await;
+    assert!(
+        matches!(&refused, Err(error) if error.contains(
+            "etcdserver: can only promote a learner member which is in sync with leader"
+        )),
+        "MemberPromote of a learner that never ran: {refused:?}"
+    );
+    let (_, learners) = expect_ok(roles(&client).await);
+    assert_eq!(
+        learners,
+        vec![lagging_id],
+        "the refused learner is still a learner"
+    );
+    expect_ok(within(REQUEST_TIMEOUT, client.member_remove(lagging_id)).await);
 
     let original = peer_urls_of(&client, updated_id).await;
     let moved = vec!["http://127.0.0.1:1".to_owned()];
