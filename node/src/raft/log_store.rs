@@ -36,6 +36,9 @@
 //! leader's copy flushed before any follower's answer counts. etcd's leader overlaps its own
 //! write with replication the same way. A member alone, or one whose membership lets it be
 //! a quorum by itself, waits for its flush as before.
+//!
+//! A failed write stops the log: the writer writes nothing after it and every later write is
+//! refused, so openraft stops, and the file never holds entries past one that was lost.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -103,6 +106,10 @@ struct Shared {
     durable: watch::Sender<u64>,
     /// This member, once known: its own entries as leader may be reported durable early.
     member: OnceLock<MemberId>,
+    /// Why a write failed, once one has. Nothing is written after it, so the file stays a
+    /// prefix of what openraft was told (an entry reported durable early and then lost must
+    /// not leave a gap before later ones), and every later write is refused: openraft stops.
+    failed: OnceLock<String>,
 }
 
 struct Queue {
@@ -222,6 +229,7 @@ impl LogStore {
             writer: Mutex::new(Queue { sender, queued: 0 }),
             durable: watch::Sender::new(0),
             member: OnceLock::new(),
+            failed: OnceLock::new(),
         });
         let writer = Writer {
             path: path.to_path_buf(),
@@ -282,6 +290,11 @@ impl LogStore {
     }
 
     fn send_records(&self, bytes: Vec<u8>, done: Done, purge: bool) -> io::Result<()> {
+        if let Some(error) = self.shared.failed.get() {
+            return Err(io::Error::other(format!(
+                "the raft log stopped after a failed write: {error}"
+            )));
+        }
         let mut queue = self
             .shared
             .writer
@@ -411,14 +424,22 @@ impl Writer {
                 purged |= purge;
                 last = number;
             }
-            let result = self.write(&bytes).map_err(|e| e.to_string());
-            match &result {
-                Ok(()) => {
-                    if let Some(shared) = self.shared.upgrade() {
-                        shared.durable.send_replace(last);
+            let shared = self.shared.upgrade();
+            let result = match shared.as_ref().and_then(|shared| shared.failed.get()) {
+                Some(earlier) => Err(format!("an earlier raft log write failed: {earlier}")),
+                None => self.write(&bytes).map_err(|e| e.to_string()),
+            };
+            match (&result, &shared) {
+                (Ok(()), Some(shared)) => {
+                    shared.durable.send_replace(last);
+                }
+                (Ok(()), None) => {}
+                (Err(error), _) => {
+                    tracing::error!(%error, "raft log write failed; the log takes no more writes");
+                    if let Some(shared) = &shared {
+                        let _ = shared.failed.set(error.clone());
                     }
                 }
-                Err(error) => tracing::error!(%error, "raft log write failed"),
             }
             for done in waiting {
                 let outcome = result.clone().map_err(io::Error::other);
@@ -432,7 +453,7 @@ impl Writer {
             }
             // Only a purge makes part of the file dead, so only then can a rewrite pay off;
             // checking means encoding the whole live log, too much to do for every write.
-            if purged {
+            if purged && result.is_ok() {
                 if let Err(error) = self.rewrite_if_mostly_dead() {
                     tracing::error!(%error, "rewriting the raft log failed; it keeps growing");
                 }
@@ -778,6 +799,25 @@ mod tests {
             store.memory().reports_early(Some(1)),
             "three voters, from the purged entry"
         );
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_write_the_log_refuses_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(&dir.path().join("raft.wal")).unwrap();
+        store.save_vote(&Vote::new(1, 1)).await.unwrap();
+        let _ = store
+            .shared
+            .failed
+            .set("No space left on device".to_owned());
+        let refused = store.save_vote(&Vote::new(2, 1)).await;
+        assert!(
+            matches!(&refused, Err(error) if error.to_string().contains("No space left on device")),
+            "{refused:?}"
+        );
+        assert!(store.truncate(log_id(1, 1)).await.is_err());
+        assert_eq!(store.queued(), 1, "nothing was queued after the failure");
+        assert_eq!(store.memory().vote, Some(Vote::new(1, 1)));
     }
 
     #[tokio::test]
