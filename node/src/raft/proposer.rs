@@ -78,6 +78,23 @@ impl Flight {
         self.entries == 0 || (self.entries < IN_FLIGHT && self.newest_acknowledged)
     }
 
+    /// Records that a follower accepted the log up to `index`; true if that made room for
+    /// the next entry (it covers the newest entry, which is the only one in flight).
+    fn acknowledge(&mut self, index: u64) -> bool {
+        if self.entries == 0 || self.newest_acknowledged || index <= self.before_newest {
+            return false;
+        }
+        self.newest_acknowledged = true;
+        self.room()
+    }
+
+    /// Counts an entry submitted after the log's entry `last_index`.
+    fn submitted(&mut self, last_index: u64) {
+        self.entries += 1;
+        self.before_newest = last_index;
+        self.newest_acknowledged = false;
+    }
+
     fn wake(&mut self) {
         if let Some(waker) = self.waiting.take() {
             waker.wake();
@@ -165,11 +182,7 @@ fn stopped() -> WriteError {
 
 fn acknowledged(shared: &Arc<Shared>, index: u64) {
     let mut flight = shared.lock();
-    if flight.entries == 0 || flight.newest_acknowledged || index <= flight.before_newest {
-        return;
-    }
-    flight.newest_acknowledged = true;
-    if !flight.room() {
+    if !flight.acknowledge(index) {
         return;
     }
     match flight.queue.try_recv() {
@@ -203,9 +216,7 @@ impl Shared {
             .into_iter()
             .map(|pending| (pending.request, pending.reply))
             .unzip();
-        flight.entries += 1;
-        flight.before_newest = self.log.last_index();
-        flight.newest_acknowledged = false;
+        flight.submitted(self.log.last_index());
         // Sending to openraft's unbounded channel completes at once; only a stopped Raft
         // leaves the future pending (it asks the stopped core why).
         let submitted = self
@@ -268,5 +279,43 @@ async fn run(shared: Arc<Shared>) {
         if !more {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flight() -> Flight {
+        Flight {
+            queue: mpsc::channel(1).1,
+            entries: 0,
+            before_newest: 0,
+            newest_acknowledged: false,
+            waiting: None,
+        }
+    }
+
+    #[test]
+    fn the_next_entry_waits_for_an_acknowledgement_of_the_one_in_flight() {
+        let mut flight = flight();
+        assert!(flight.room(), "nothing in flight");
+        assert!(
+            !flight.acknowledge(5),
+            "an acknowledgement with nothing in flight"
+        );
+
+        flight.submitted(10);
+        assert!(!flight.room(), "one in flight, not acknowledged");
+        assert!(!flight.acknowledge(10), "an older entry's acknowledgement");
+        assert!(flight.acknowledge(11), "the newest entry acknowledged");
+        assert!(!flight.acknowledge(11), "counted once");
+        assert!(flight.room());
+
+        flight.submitted(11);
+        assert!(!flight.room(), "two in flight");
+        assert!(!flight.acknowledge(12), "no third entry, even acknowledged");
+        flight.entries -= 1;
+        assert!(flight.room(), "the acknowledged one is left in flight");
     }
 }
