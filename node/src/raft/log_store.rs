@@ -155,15 +155,22 @@ impl LogMemory {
     }
 
     fn record_membership(&mut self, entry: &Entry) {
-        if let EntryPayload::Membership(membership) = &entry.payload {
-            self.memberships
-                .insert(entry.log_id.index, quorums_need_two(membership));
+        if let Some(needs_two) = membership_needs_two(entry) {
+            self.memberships.insert(entry.log_id.index, needs_two);
         }
     }
 }
 
+/// For a membership entry, whether no quorum of it is one member.
+fn membership_needs_two(entry: &Entry) -> Option<bool> {
+    match &entry.payload {
+        EntryPayload::Membership(membership) => Some(quorums_need_two(membership)),
+        _ => None,
+    }
+}
+
 /// Whether every configuration of `membership` has two voters or more.
-pub fn quorums_need_two(membership: &Membership<MemberId, Member>) -> bool {
+fn quorums_need_two(membership: &Membership<MemberId, Member>) -> bool {
     membership
         .get_joint_config()
         .iter()
@@ -219,10 +226,11 @@ impl LogStore {
         file.seek(SeekFrom::Start(valid))?;
         // The file's name must survive a crash as surely as its contents.
         sync_parent(path)?;
-        let entries: Vec<Entry> = memory.entries.values().cloned().collect();
-        for entry in &entries {
-            memory.record_membership(entry);
-        }
+        memory.memberships = memory
+            .entries
+            .values()
+            .filter_map(|entry| Some((entry.log_id.index, membership_needs_two(entry)?)))
+            .collect();
         let (sender, receiver) = mpsc::channel();
         let shared = Arc::new(Shared {
             memory: Mutex::new(memory),
@@ -429,14 +437,15 @@ impl Writer {
                 Some(earlier) => Err(format!("an earlier raft log write failed: {earlier}")),
                 None => self.write(&bytes).map_err(|e| e.to_string()),
             };
-            match (&result, &shared) {
-                (Ok(()), Some(shared)) => {
-                    shared.durable.send_replace(last);
-                }
-                (Ok(()), None) => {}
-                (Err(error), _) => {
-                    tracing::error!(%error, "raft log write failed; the log takes no more writes");
-                    if let Some(shared) = &shared {
+            if let Err(error) = &result {
+                tracing::error!(%error, "raft log write failed; the log takes no more writes");
+            }
+            if let Some(shared) = &shared {
+                match &result {
+                    Ok(()) => {
+                        shared.durable.send_replace(last);
+                    }
+                    Err(error) => {
                         let _ = shared.failed.set(error.clone());
                     }
                 }

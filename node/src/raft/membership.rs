@@ -124,14 +124,15 @@ async fn change_membership(
     }
 }
 
-/// The leader's view: last log index and each member's matched index.
-fn lag_view(raft: &Raft) -> Option<(u64, BTreeMap<MemberId, u64>)> {
+/// The leader's view: last log index and each member's matched index (`None` for one that
+/// has accepted nothing yet).
+fn lag_view(raft: &Raft) -> Option<(u64, BTreeMap<MemberId, Option<u64>>)> {
     let metrics = raft.metrics();
     let metrics = metrics.borrow();
     let replication = metrics.replication.as_ref()?;
     let matched = replication
         .iter()
-        .map(|(id, log_id)| (*id, log_id.map_or(0, |log_id| log_id.index)))
+        .map(|(id, log_id)| (*id, log_id.map(|log_id| log_id.index)))
         .collect();
     Some((metrics.last_log_index.unwrap_or(0), matched))
 }
@@ -143,7 +144,7 @@ pub fn follower_lag(raft: &Raft) -> Option<BTreeMap<MemberId, u64>> {
     Some(
         matched
             .into_iter()
-            .map(|(id, index)| (id, last.saturating_sub(index)))
+            .map(|(id, index)| (id, last.saturating_sub(index.unwrap_or(0))))
             .collect(),
     )
 }
@@ -153,14 +154,13 @@ pub fn follower_lag(raft: &Raft) -> Option<BTreeMap<MemberId, u64>> {
 /// while the whole log is shorter than that: etcd refuses to promote a learner that has
 /// matched nothing as well.
 fn is_caught_up(raft: &Raft, id: MemberId) -> bool {
-    let metrics = raft.metrics();
-    let metrics = metrics.borrow();
-    let last = metrics.last_log_index.unwrap_or(0);
-    metrics
-        .replication
-        .as_ref()
-        .and_then(|replication| replication.get(&id).copied().flatten())
-        .is_some_and(|matched| last.saturating_sub(matched.index) <= CAUGHT_UP_ENTRIES)
+    lag_view(raft).is_some_and(|(last, matched)| {
+        matched
+            .get(&id)
+            .copied()
+            .flatten()
+            .is_some_and(|index| last.saturating_sub(index) <= CAUGHT_UP_ENTRIES)
+    })
 }
 
 /// Runs a change on this member, which must be the leader.

@@ -276,20 +276,17 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         let queued = self.log.get().map(|log| (log.clone(), log.queued()));
         let last = rpc.entries.last().map(|entry| entry.log_id.index);
         let answer = self.call(Rpc::AppendEntries, &rpc, &option).await;
-        let accepted = match &answer {
-            Ok(AppendEntriesResponse::Success) => last,
-            Ok(AppendEntriesResponse::PartialSuccess(Some(matching))) if last.is_some() => {
-                Some(matching.index)
+        // Whether the follower confirmed a log position, and the index of the entries it
+        // accepted, if any were sent.
+        let (confirmed, accepted) = match &answer {
+            Ok(AppendEntriesResponse::Success) => (true, last),
+            Ok(AppendEntriesResponse::PartialSuccess(matching)) => {
+                (true, last.and(matching.map(|matching| matching.index)))
             }
-            _ => None,
+            _ => (false, None),
         };
-        if matches!(
-            answer,
-            Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))
-        ) {
-            if let Some((log, queued)) = queued {
-                log.durable(queued).await;
-            }
+        if let (true, Some((log, queued))) = (confirmed, queued) {
+            log.durable(queued).await;
         }
         if let (Some(accepted), Some(listener)) = (accepted, self.acknowledged.get()) {
             listener(accepted);
