@@ -69,7 +69,7 @@ pub(crate) async fn change(
         Route::Here => membership::apply_change(&node.raft, change)
             .await
             .map(to_proto),
-        Route::Leader(leader) => {
+        Route::Leader(_, leader) => {
             let mut client = node
                 .peers
                 .client(&leader)

@@ -51,6 +51,10 @@ pub fn no_leader() -> Status {
     Status::new(Code::Unavailable, "etcdserver: no leader")
 }
 
+pub fn leader_changed() -> Status {
+    Status::new(Code::Unavailable, "etcdserver: leader changed")
+}
+
 pub fn stopped() -> Status {
     Status::new(Code::Unavailable, "etcdserver: server stopped")
 }

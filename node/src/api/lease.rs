@@ -82,7 +82,7 @@ async fn ask_primary(node: &Node, ask: &Ask) -> Result<Option<Answer>, Status> {
                     .map(Answer::TimeToLive),
             }
             .map_err(Some),
-            Route::Leader(leader) => {
+            Route::Leader(_, leader) => {
                 let mut client = node
                     .peers
                     .client(&leader)

@@ -81,7 +81,8 @@ pub struct Node {
 /// Where a request that needs the leader goes.
 pub enum Route {
     Here,
-    Leader(Member),
+    /// Another member leads: its ID and how to reach it.
+    Leader(MemberId, Member),
 }
 
 pub type SharedNode = Arc<Node>;
@@ -141,7 +142,7 @@ impl Node {
                 }
                 Err(error) => return Err(errors::from_write_error(error)),
             },
-            Route::Leader(leader) => self.forward(&leader, proposal).await?,
+            Route::Leader(_, leader) => self.forward(&leader, proposal).await?,
         };
         applied
             .into_result()?
@@ -176,7 +177,7 @@ impl Node {
             .get_node(&leader)
             .cloned();
         leader_member
-            .map(Route::Leader)
+            .map(|member| Route::Leader(leader, member))
             .ok_or_else(errors::no_leader)
     }
 
@@ -200,25 +201,37 @@ impl Node {
             Route::Here => match crate::raft::read_index(&self.raft).await {
                 Ok(index) => index,
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-                    match forward.leader_node {
-                        Some(leader) => self.remote_read_index(&leader).await?,
-                        None => return Err(errors::no_leader()),
+                    match (forward.leader_id, forward.leader_node) {
+                        (Some(id), Some(leader)) => self.remote_read_index(id, &leader).await?,
+                        _ => return Err(errors::no_leader()),
                     }
                 }
                 Err(error) => return Err(errors::from_read_error(error)),
             },
-            Route::Leader(leader) => self.remote_read_index(&leader).await?,
+            Route::Leader(id, leader) => self.remote_read_index(id, &leader).await?,
         };
         Ok(read_index)
     }
 
-    async fn remote_read_index(&self, leader: &Member) -> Result<u64, Status> {
+    /// Asks the leader `id` for its read index. As etcd's read loop does, gives up with
+    /// "leader changed" once this member learns of another leader (the client retries at
+    /// once, instead of waiting on a leader that is gone), and with "request timed out" after
+    /// etcd's request timeout.
+    async fn remote_read_index(&self, id: MemberId, leader: &Member) -> Result<u64, Status> {
         let mut client = self.peers.client(leader).map_err(|_| errors::no_leader())?;
-        let reply = client
-            .read_index(crate::proto::cairnpb::ReadIndexRequest {})
-            .await
-            .map_err(errors::from_peer_status)?;
-        Ok(reply.get_ref().index)
+        let mut metrics = self.raft.metrics();
+        let replaced =
+            metrics.wait_for(|metrics| metrics.current_leader.is_some_and(|current| current != id));
+        tokio::select! {
+            reply = client.read_index(crate::proto::cairnpb::ReadIndexRequest {}) => {
+                Ok(reply.map_err(errors::from_peer_status)?.get_ref().index)
+            }
+            changed = replaced => Err(match changed {
+                Ok(_) => errors::leader_changed(),
+                Err(_) => errors::stopped(),
+            }),
+            () = tokio::time::sleep(request_timeout(self.election_timeout)) => Err(errors::timeout()),
+        }
     }
 
     /// etcd's quota check: a write that would take the store past its quota raises the

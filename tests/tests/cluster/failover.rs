@@ -212,6 +212,51 @@ async fn a_write_forwarded_to_a_frozen_leader_times_out_like_etcds() {
     cluster.assert_converged(&[0, 1, 2]).await;
 }
 
+/// A linearizable read on a follower waits for the leader's read index. When the leader
+/// freezes and the others elect a new one, etcd's follower fails the read with "leader
+/// changed" as soon as it learns of the new leader, and the client can retry at once; it
+/// neither waits for the frozen leader nor answers without a read index.
+#[tokio::test]
+async fn a_read_waiting_on_a_frozen_leader_fails_with_leader_changed_once_another_leads() {
+    // A long election timeout: the read reaches the frozen leader well before the follower
+    // gives up on it.
+    let election_timeout = Duration::from_secs(3);
+    let request_timeout = Duration::from_secs(5) + 2 * election_timeout;
+    let mut cluster = Cluster::start(ClusterSpec::new(3).setting(
+        "election-timeout",
+        &election_timeout.as_millis().to_string(),
+    ))
+    .await;
+    let leader = cluster.leader().await;
+    let follower = (0..cluster.len())
+        .find(|&i| i != leader)
+        .expect("a follower");
+    let patient = Duration::from_secs(60);
+    let mut client = connect(cluster.member(follower).endpoint(), patient).await;
+    put_acknowledged(&client, "k", "1").await;
+
+    cluster.member_mut(leader).pause();
+    let sent = Instant::now();
+    let answer = within(patient, client.get("k", None)).await;
+    let waited = sent.elapsed();
+    let error = answer.expect_err("no read index while the leader is frozen");
+    assert!(
+        error.contains("etcdserver: leader changed"),
+        "after {waited:?}: {error}"
+    );
+    assert!(
+        waited < request_timeout,
+        "the read failed after {waited:?}, not when the new leader was elected"
+    );
+    let survivors: Vec<usize> = (0..cluster.len()).filter(|&i| i != leader).collect();
+    let new_leader = cluster.leader_among(&survivors).await;
+    assert_ne!(new_leader, leader);
+    assert_eq!(linearizable_value(&client, "k").await.as_deref(), Some("1"));
+
+    cluster.member_mut(leader).resume();
+    cluster.assert_converged(&[0, 1, 2]).await;
+}
+
 /// A leader killed and restarted before anyone else campaigns resumes its old term (openraft
 /// does so) without knowing its commit index. A follower that missed a write this leader
 /// acknowledged before the kill must not answer a linearizable read without that write.
