@@ -72,9 +72,6 @@ type Appended = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
 /// The answers to one stream of forwarded batches, in the order of the batches.
 type Proposed = Pin<Box<dyn Stream<Item = Result<ProposeResponse, Status>> + Send>>;
 
-/// Batches of one follower's stream replicated at once; a follower keeps fewer in flight.
-const FORWARDED_IN_FLIGHT: usize = 16;
-
 /// Replicates the writes a follower forwarded together and answers each, in order.
 async fn propose_batch(proposer: &Proposer, batch: RaftBatch) -> Result<ProposeResponse, Status> {
     let answers = proposer.propose_all(batch.requests).await;
@@ -152,7 +149,7 @@ impl Peer for PeerService {
                 let proposer = proposer.clone();
                 async move { propose_batch(&proposer, batch?).await }
             })
-            .buffered(FORWARDED_IN_FLIGHT);
+            .buffered(super::forwarder::IN_FLIGHT);
         Ok(Response::new(Box::pin(answers)))
     }
 
