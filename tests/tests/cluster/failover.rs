@@ -172,6 +172,27 @@ async fn sigterm_stops_a_busy_member_cleanly_and_it_rejoins() {
     cluster.assert_converged(&[0, 1, 2]).await;
 }
 
+/// How long the frozen-leader tests let a client wait: longer than any answer they expect.
+const PATIENT: Duration = Duration::from_secs(60);
+
+/// Starts a cluster from `spec`, writes `key` = "1" through a follower, then pauses the
+/// leader (SIGSTOP). Returns the cluster, the paused leader and a client of that follower
+/// that waits up to [`PATIENT`].
+async fn leader_paused_after_a_write_through_a_follower(
+    spec: ClusterSpec,
+    key: &str,
+) -> (Cluster, usize, Client) {
+    let mut cluster = Cluster::start(spec).await;
+    let leader = cluster.leader().await;
+    let follower = (0..cluster.len())
+        .find(|&i| i != leader)
+        .expect("a follower");
+    let client = connect(cluster.member(follower).endpoint(), PATIENT).await;
+    put_acknowledged(&client, key, "1").await;
+    cluster.member_mut(leader).pause();
+    (cluster, leader, client)
+}
+
 /// A write that reaches a follower just as its leader freezes (SIGSTOP: the connection stays
 /// open, nothing answers) is forwarded to the frozen leader. It must end as etcd's would,
 /// with "request timed out" after etcd's request timeout (5 s plus two election timeouts),
@@ -180,18 +201,10 @@ async fn sigterm_stops_a_busy_member_cleanly_and_it_rejoins() {
 #[tokio::test]
 async fn a_write_forwarded_to_a_frozen_leader_times_out_like_etcds() {
     let request_timeout = Duration::from_secs(5) + 2 * ELECTION_TIMEOUT;
-    let mut cluster = Cluster::start(ClusterSpec::new(3)).await;
-    let leader = cluster.leader().await;
-    let follower = (0..cluster.len())
-        .find(|&i| i != leader)
-        .expect("a follower");
-    let patient = Duration::from_secs(60);
-    let mut client = connect(cluster.member(follower).endpoint(), patient).await;
-    put_acknowledged(&client, "before", "1").await;
-
-    cluster.member_mut(leader).pause();
+    let (mut cluster, leader, mut client) =
+        leader_paused_after_a_write_through_a_follower(ClusterSpec::new(3), "before").await;
     let sent = Instant::now();
-    let answer = within(patient, client.put("during", "1", None)).await;
+    let answer = within(PATIENT, client.put("during", "1", None)).await;
     let waited = sent.elapsed();
     // Writes that are already on their way to the leader are never retried elsewhere.
     if let Err(error) = &answer {
@@ -222,22 +235,14 @@ async fn a_read_waiting_on_a_frozen_leader_fails_with_leader_changed_once_anothe
     // gives up on it.
     let election_timeout = Duration::from_secs(3);
     let request_timeout = Duration::from_secs(5) + 2 * election_timeout;
-    let mut cluster = Cluster::start(ClusterSpec::new(3).setting(
+    let spec = ClusterSpec::new(3).setting(
         "election-timeout",
         &election_timeout.as_millis().to_string(),
-    ))
-    .await;
-    let leader = cluster.leader().await;
-    let follower = (0..cluster.len())
-        .find(|&i| i != leader)
-        .expect("a follower");
-    let patient = Duration::from_secs(60);
-    let mut client = connect(cluster.member(follower).endpoint(), patient).await;
-    put_acknowledged(&client, "k", "1").await;
-
-    cluster.member_mut(leader).pause();
+    );
+    let (mut cluster, leader, mut client) =
+        leader_paused_after_a_write_through_a_follower(spec, "k").await;
     let sent = Instant::now();
-    let answer = within(patient, client.get("k", None)).await;
+    let answer = within(PATIENT, client.get("k", None)).await;
     let waited = sent.elapsed();
     let error = answer.expect_err("no read index while the leader is frozen");
     assert!(
