@@ -2,12 +2,14 @@
 //! [`linearizability`] checks the histories that the cluster fault tests record, [`netns`]
 //! builds the private networks of the partition and zero-config tests, [`watch_range`] the
 //! ranges the watch-guarantee tests watch and the events they compare, [`launch`] what the
-//! node and cluster harnesses make of a process that ended before it was ready; the rest
-//! are small helpers several suites use (HTTP pages, backups).
+//! node and cluster harnesses make of a process that ended before it was ready, [`power_cut`]
+//! the disk whose unsynced writes a power cut loses; the rest are small helpers several
+//! suites use (HTTP pages, backups).
 
 pub mod launch;
 pub mod linearizability;
 pub mod netns;
+pub mod power_cut;
 pub mod watch_range;
 
 use std::io::{Read, Write};
