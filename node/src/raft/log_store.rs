@@ -35,7 +35,9 @@
 //! that commits an entry therefore holds it on disk: one that counts the leader has the
 //! leader's copy flushed before any follower's answer counts. etcd's leader overlaps its own
 //! write with replication the same way. A member alone, or one whose membership lets it be
-//! a quorum by itself, waits for its flush as before.
+//! a quorum by itself, waits for its flush as before. After a power cut the leader's file
+//! may lack entries it sent, so a reopened log never lets it lead that term again
+//! (`never_resume_leadership`).
 //!
 //! A failed write stops the log: the writer writes nothing after it and every later write is
 //! refused, so openraft stops, and the file never holds entries past one that was lost.
@@ -161,6 +163,24 @@ impl LogMemory {
     }
 }
 
+/// The vote a reopened log reports: a vote granted by a quorum (openraft's "committed") is
+/// reported as only cast, for the same term and member. openraft 0.9 resumes a member whose
+/// committed vote is its own as leader of that term without an election. But a leader
+/// reports its appends durable before they are ([`LogStore::append`]) and sends them on, so
+/// after a power cut its file may lack entries that followers hold: leading the same term
+/// again, it would append different entries under the same log ids, which the followers take
+/// for the ones they have (two members then apply different writes at one index). Only
+/// cast, the vote still stops this member from voting for anyone else in that term, and it
+/// must win an election in a newer term before it leads, as etcd's restarted members do.
+fn never_resume_leadership(vote: Vote) -> Vote {
+    let leader = vote.leader_id();
+    if vote.is_committed() {
+        Vote::new(leader.term, leader.node_id)
+    } else {
+        vote
+    }
+}
+
 /// For a membership entry, whether no quorum of it is one member.
 fn membership_needs_two(entry: &Entry) -> Option<bool> {
     match &entry.payload {
@@ -231,6 +251,7 @@ impl LogStore {
             .values()
             .filter_map(|entry| Some((entry.log_id.index, membership_needs_two(entry)?)))
             .collect();
+        memory.vote = memory.vote.map(never_resume_leadership);
         let (sender, receiver) = mpsc::channel();
         let shared = Arc::new(Shared {
             memory: Mutex::new(memory),
@@ -615,13 +636,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = encode(&[RecordRef::Vote(*vote)]).map_err(write_error)?;
         let (done, saved) = oneshot::channel();
         let vote_error = |e: &io::Error| -> StorageError { StorageIOError::write_vote(e).into() };
-        self.send(bytes, Done::Saved(done))
-            .map_err(|e| vote_error(&e))?;
+        // In memory before it is queued, as entries are: a rewrite of the file between the
+        // vote's flush and this task's next poll would otherwise copy the previous vote into
+        // the new file and lose this one. openraft waits for this call before it acts on the
+        // vote, so nothing reads it from memory early.
+        let previous = self.memory().vote.replace(*vote);
+        if let Err(error) = self.send(bytes, Done::Saved(done)) {
+            self.memory().vote = previous;
+            return Err(vote_error(&error));
+        }
         saved
             .await
             .unwrap_or_else(|_| Err(io::Error::other("the raft log writer has stopped")))
             .map_err(|e| vote_error(&e))?;
-        self.memory().vote = Some(*vote);
         Ok(())
     }
 
@@ -846,6 +873,19 @@ mod tests {
 
     fn indexes(store: &LogStore) -> Vec<u64> {
         store.memory().entries.keys().copied().collect()
+    }
+
+    #[tokio::test]
+    async fn a_reopened_log_reports_its_leaders_vote_as_cast_not_granted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.wal");
+        write_records(&path, &[RecordRef::Vote(Vote::new_committed(7, 2))]);
+        let mut store = LogStore::open(&path).unwrap();
+        assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(7, 2)));
+        assert!(
+            !store.memory().reports_early(Some(2)),
+            "a reopened leader reports nothing early before it wins again"
+        );
     }
 
     #[tokio::test]
