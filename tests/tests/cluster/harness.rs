@@ -10,6 +10,7 @@
 //! A member that exits on its own fails the test when the cluster is dropped, with the tails
 //! of all members' logs; so does any failing test.
 
+use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
 use std::future::Future;
 use std::io::Write;
@@ -28,6 +29,7 @@ use tempfile::TempDir;
 use tokio::sync::{Mutex, MutexGuard};
 
 use cairn_tests::netns::Lab;
+use cairn_tests::power_cut::Disk;
 
 /// `--heartbeat-interval` of every member: short, to keep the tests quick.
 const HEARTBEAT: Duration = Duration::from_millis(50);
@@ -71,6 +73,7 @@ static LOOPBACK_CLUSTERS: AtomicU32 = AtomicU32::new(0);
 pub struct ClusterSpec {
     size: u8,
     namespaces: bool,
+    power_cut_disks: bool,
     settings: Vec<(String, String)>,
 }
 
@@ -80,8 +83,16 @@ impl ClusterSpec {
         ClusterSpec {
             size,
             namespaces: false,
+            power_cut_disks: false,
             settings: Vec::new(),
         }
+    }
+
+    /// Keeps each member's data dir on a [`Disk`] of its own, so a test can cut a member's
+    /// power ([`Member::power_cut`]): what it wrote but did not fsync is lost.
+    pub fn on_power_cut_disks(mut self) -> ClusterSpec {
+        self.power_cut_disks = true;
+        self
     }
 
     /// Runs each member in a network namespace of its own, so it can be cut off.
@@ -120,6 +131,9 @@ pub struct Member {
     /// The address `/metrics` and `/health` are served on.
     metrics_host: String,
     namespace: Option<String>,
+    /// The disk mounted on the data dir, if the cluster has them; before `dir`, so it is
+    /// unmounted before the directory is removed.
+    disk: Option<Disk>,
     dir: TempDir,
     initial_cluster: String,
     state: ClusterState,
@@ -219,6 +233,21 @@ impl Member {
             }
             None => self.fail(&format!("still running {STOP_DEADLINE:?} after SIGTERM")),
         }
+    }
+
+    /// Cuts the member's power: kills the process (SIGKILL, reaped) and loses every write
+    /// to its data dir that was not fsynced; returns how many bytes that was.
+    /// [`Member::restart`] powers it on again.
+    pub fn power_cut(&mut self) -> u64 {
+        self.disk().power_off();
+        self.kill9();
+        self.disk().power_cut()
+    }
+
+    fn disk(&self) -> &Disk {
+        self.disk
+            .as_ref()
+            .expect("power cuts need a cluster on power-cut disks")
     }
 
     /// Freezes the process with SIGSTOP.
@@ -419,6 +448,8 @@ pub struct Cluster {
     network: Network,
     token: String,
     settings: Vec<(String, String)>,
+    /// Members keep their data dirs on [`Disk`]s.
+    power_cut_disks: bool,
     /// Last: the next test's cluster starts only after this one is gone.
     _turn: MutexGuard<'static, ()>,
 }
@@ -438,6 +469,7 @@ impl Cluster {
             network,
             token,
             settings: spec.settings,
+            power_cut_disks: spec.power_cut_disks,
             _turn: turn,
         };
         for _ in 0..spec.size {
@@ -569,6 +601,40 @@ impl Cluster {
         );
     }
 
+    /// Fails unless a linearizable read of `prefix` through member `index` finds every key of
+    /// `written`, each holding its own name as its value (as the tests' writers make them).
+    pub async fn assert_none_missing(&self, index: usize, prefix: &str, written: &[String]) {
+        let client = self.members[index].client().await;
+        let stored = expect_ok(
+            retry("a linearizable read of every written key", || {
+                let mut client = client.clone();
+                async move {
+                    client
+                        .get(prefix, Some(GetOptions::new().with_prefix()))
+                        .await
+                }
+            })
+            .await,
+        );
+        let stored: HashSet<(&[u8], &[u8])> = stored
+            .kvs()
+            .iter()
+            .map(|kv| (kv.key(), kv.value()))
+            .collect();
+        let lost: Vec<&String> = written
+            .iter()
+            .filter(|key| !stored.contains(&(key.as_bytes(), key.as_bytes())))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{} of {} acknowledged writes missing on {}: {:?}",
+            lost.len(),
+            written.len(),
+            self.members[index].name,
+            &lost[..lost.len().min(20)]
+        );
+    }
+
     /// Asks member `via` to add a member (a learner when `learner`), then starts it with
     /// `--initial-cluster-state existing`; returns its index once it is ready.
     pub async fn add_member(&mut self, via: usize, learner: bool) -> usize {
@@ -648,6 +714,11 @@ impl Cluster {
             .prefix("cairn-cluster-")
             .tempdir()
             .expect("create a temporary directory for the member");
+        let disk = self.power_cut_disks.then(|| {
+            let data_dir = dir.path().join("data");
+            fs::create_dir(&data_dir).expect("create the member's data dir");
+            Disk::mount(&data_dir).expect("mount a power-cut disk on the member's data dir")
+        });
         let mut settings = vec![("initial-cluster-token".to_owned(), self.token.clone())];
         settings.extend(self.settings.iter().cloned());
         self.members.push(Member {
@@ -657,6 +728,7 @@ impl Cluster {
             peer_url: format!("http://{peer_host}:{PEER_PORT}"),
             metrics_host: client_host.to_string(),
             namespace,
+            disk,
             dir,
             initial_cluster: String::new(),
             state,
