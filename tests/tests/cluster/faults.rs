@@ -1,6 +1,7 @@
 //! Concurrent clients read, write, delete and compare-and-set a few keys while a nemesis
-//! kills (SIGKILL) and restarts members, and pauses (SIGSTOP) and resumes them, one member
-//! at a time; the history the clients record must be linearizable.
+//! kills (SIGKILL) and restarts members, cuts their power (what they had not fsynced is
+//! lost) and restarts them, and pauses (SIGSTOP) and resumes them, one member at a time;
+//! the history the clients record must be linearizable.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -172,9 +173,10 @@ async fn run_client(id: ClientId, client: Client, recorder: Recorder, stop: Arc<
     }
 }
 
-/// Until `until`: after a calm, kills or pauses one member, holds the fault, then restarts
-/// or resumes it and waits until every member follows one leader again, so that never
-/// more than one member (a minority of three) is down or frozen. Returns the faults done.
+/// Until `until`: after a calm, kills, cuts the power of or pauses one member, holds the
+/// fault, then restarts or resumes it and waits until every member follows one leader
+/// again, so that never more than one member (a minority of three) is down or frozen.
+/// Returns the faults done.
 async fn run_nemesis(cluster: &mut Cluster, until: Instant) -> Vec<String> {
     // Seed 0: the clients use 1 to CLIENTS.
     let mut choices = Choices(0);
@@ -184,19 +186,29 @@ async fn run_nemesis(cluster: &mut Cluster, until: Instant) -> Vec<String> {
         tokio::time::sleep(choices.millis(CALM_MILLIS)).await;
         let victim = usize::try_from(choices.below(3)).expect("a small index");
         let hold = choices.millis(FAULT_MILLIS);
-        let kill = choices.below(2) == 0;
         let member = cluster.member_mut(victim);
-        let fault = if kill { "kill -9" } else { "SIGSTOP" };
+        // The kinds take turns, so every run has each of them.
+        let fault = match faults.len() % 3 {
+            0 => {
+                member.kill9();
+                tokio::time::sleep(hold).await;
+                member.restart().await;
+                "kill -9"
+            }
+            1 => {
+                member.power_cut();
+                tokio::time::sleep(hold).await;
+                member.restart().await;
+                "power cut"
+            }
+            _ => {
+                member.pause();
+                tokio::time::sleep(hold).await;
+                member.resume();
+                "SIGSTOP"
+            }
+        };
         faults.push(format!("{fault} {} for {hold:?}", member.name()));
-        if kill {
-            member.kill9();
-            tokio::time::sleep(hold).await;
-            member.restart().await;
-        } else {
-            member.pause();
-            tokio::time::sleep(hold).await;
-            member.resume();
-        }
         cluster.leader_among(&everyone).await;
     }
     faults
@@ -216,8 +228,8 @@ fn tally(history: &History) -> (usize, usize, usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_of_concurrent_clients_under_kills_and_pauses_is_linearizable() {
-    let mut cluster = Cluster::start(ClusterSpec::new(3)).await;
+async fn history_of_concurrent_clients_under_kills_power_cuts_and_pauses_is_linearizable() {
+    let mut cluster = Cluster::start(ClusterSpec::new(3).on_power_cut_disks()).await;
     let recorder = Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = JoinSet::new();
