@@ -317,7 +317,8 @@ fn run_flusher(state: Arc<Mutex<State>>, queue: mpsc::Receiver<PendingSync>) {
     for pending in queue {
         std::thread::sleep(SYNC_LATENCY);
         let mut state = lock(&state);
-        if !state.powered || state.power_cuts != pending.power_cuts {
+        // `power_off` counts the cut, so this also catches a cut still under way.
+        if state.power_cuts != pending.power_cuts {
             // The caller died in the cut; the answer goes nowhere.
             pending.reply.error(Errno::EIO);
             continue;

@@ -1,6 +1,6 @@
 //! Cluster tests of `cairn`: each test starts its own cluster of real `cairn` processes and
-//! checks etcd's behaviour as members fail, lose power, restart, fall behind, join, leave and are cut
-//! off, and that a concurrent history under faults is linearizable.
+//! checks etcd's behaviour as members fail, lose power, restart, fall behind, join, leave
+//! and are cut off, and that a concurrent history under faults is linearizable.
 //!
 //! The binary is `$CAIRN_BIN`, else `target/debug/cairn` (`cargo build -p cairn`). Partition
 //! tests use network namespaces: they need root and `ip` (`scripts/install-test-deps.sh`);
